@@ -1,0 +1,191 @@
+"""Pipeline overhead: rollouts/s delivered to the learner through Redis and a verifier vs the
+vLLM engine's raw generation rate alone, same prompts, same sampling, same run. Prints JSON.
+
+    .venv/bin/python bench/overhead.py [--prompts 64] [--rounds 3]
+
+Raw: ``VllmEngine.generate`` on all prompts in one process. Stack: a `luffy generator` and a
+`luffy verifier` process (started and ready before the clock starts); the prompts are
+published to ``prompts`` and the clock stops when the last scored rollout can be read from
+``scored`` (what the learner consumes). Target (issue #8): stack >= 0.95 x raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+N, MAX_TOKENS = 8, 40
+
+
+def prompts(model_dir: Path, count: int) -> list[list[int]]:
+    from transformers import AutoTokenizer
+
+    from common.tiny_task import make_problem
+    from learner.data import prompt_ids
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    import random
+
+    rng = random.Random(0)
+    return [prompt_ids(tok, make_problem(rng)["prompt"], "own") for _ in range(count)]
+
+
+def raw_rate(model_dir: Path, ids: list[list[int]], rounds: int) -> list[float]:
+    from common.config import load_config
+    from generator.engines import GenRequest, make_engine
+
+    cfg = load_config(
+        overrides=["--model.path", str(model_dir), "--generator.max_model_len", "256"], environ={}
+    )
+    engine = make_engine(cfg)
+    requests = [GenRequest(p, N, 1.0, 1.0, MAX_TOKENS, seed=i) for i, p in enumerate(ids)]
+    engine.generate(requests[:4])  # warm-up
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        out = engine.generate(requests)
+        rates.append(sum(len(s) for s in out) / (time.perf_counter() - start))
+    engine.close()
+    return rates
+
+
+def stack_rate(model_dir: Path, ids: list[list[int]], rounds: int, url: str) -> list[float]:
+    from common.config import RedisConfig
+    from common.membership import list_members
+    from common.schemas import SamplingParams, Task, encode_task
+    from common.transport import Keys, Resilient, StreamConsumer, StreamPublisher
+
+    cfg = RedisConfig(url=url)
+    resilient = Resilient.from_config(cfg)
+    rates = []
+    for _ in range(rounds):
+        keys = Keys(f"bench-ovh-{uuid.uuid4().hex[:8]}")
+        common = [
+            "--redis.url",
+            url,
+            "--run.name",
+            keys.run,
+            "--run.output_dir",
+            tempfile.mkdtemp(),
+            "--model.path",
+            str(model_dir),
+            "--run.log_level",
+            "WARNING",
+        ]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "services.generator",
+                    *common,
+                    "--generator.max_model_len",
+                    "256",
+                ],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+            subprocess.Popen(
+                [sys.executable, "-m", "services.verifier", *common, "--verifier.workers", "1"],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+        ]
+        try:
+            while not (
+                any(m.get("sync_ranks") for m in list_members(resilient, keys, "generator"))
+                and list_members(resilient, keys, "verifier")
+            ):
+                time.sleep(0.2)
+            learner = StreamConsumer(resilient, keys, "scored", "learner", cfg)
+            tasks = [
+                (
+                    f"t{i}",
+                    encode_task(
+                        Task(f"t{i}", f"p{i}", p, N, SamplingParams(1.0, 1.0, MAX_TOKENS, i), "0")
+                    ),
+                )
+                for i, p in enumerate(ids)
+            ]
+            warm = [
+                (
+                    f"w{i}",
+                    encode_task(
+                        Task(f"w{i}", "w", ids[0], N, SamplingParams(1.0, 1.0, MAX_TOKENS, i), "0")
+                    ),
+                )
+                for i in range(4)
+            ]
+            StreamPublisher(resilient, keys, "prompts").publish(warm)
+            got = 0
+            while got < 4 * N:
+                got += len(learner.fetch(block_ms=200))
+            start = time.perf_counter()
+            StreamPublisher(resilient, keys, "prompts").publish(tasks)
+            got = 0
+            while got < len(ids) * N:
+                batch = learner.fetch(block_ms=200)
+                learner.commit([(d, []) for d in batch])
+                got += len(batch)
+            rates.append(got / (time.perf_counter() - start))
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGTERM)
+            for p in procs:
+                p.wait(60)
+            for key in resilient.client.scan_iter(match=keys.prefix + "*"):
+                resilient.client.delete(key)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args()
+    from common.tiny_model import build_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_tiny_model(Path(tmp) / "m", seed=0)
+        ids = prompts(model, args.prompts)
+        stack = stack_rate(model, ids, args.rounds, args.url)
+        raw = raw_rate(model, ids, args.rounds)
+    raw_med, stack_med = statistics.median(raw), statistics.median(stack)
+    print(
+        json.dumps(
+            {
+                "bench": "overhead",
+                "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+                "date": time.strftime("%Y-%m-%d"),
+                "prompts": args.prompts,
+                "samples_per_prompt": N,
+                "max_tokens": MAX_TOKENS,
+                "raw_rollouts_per_s": round(raw_med, 1),
+                "stack_rollouts_per_s": round(stack_med, 1),
+                "ratio": round(stack_med / raw_med, 3),
+                "runs": {"raw": [round(x, 1) for x in raw], "stack": [round(x, 1) for x in stack]},
+                "target": 0.95,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

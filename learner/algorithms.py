@@ -1,0 +1,173 @@
+"""LUFFY's objective as pure tensor functions (from LUFFY's released code; DESIGN.md).
+
+Shapes: ``S`` samples (sequences) in a batch, ``T`` response tokens over all samples (flat),
+``V`` vocabulary. Samples belong to groups (one prompt each) through ``group_ids``.
+
+- ``group_advantages``: GRPO advantages, mean-centred over the whole group (LUFFY, incl. the
+  off-policy trace) or over its on-policy samples only (``grpo_split``); optional std division.
+- ``on_policy_loss``: -A * r, r = exp(logp - logp_old) (no clip by default; PPO clip option).
+- ``off_policy_loss``: -A * f(p), p = exp(logp), f(p) = p / (p + gamma) (policy shaping),
+  behaviour probability taken as 1; or -A * p without shaping. Never clipped.
+- ``truncated_is_weight``: min(pi_prox / pi_behav, C) for the decoupled (stale) objective.
+- ``sft_nll``, ``entropy_from_logits``, ``loss_denominator`` and ``aggregate``.
+- ``token_losses``: the per-token loss of a batch for a mode (luffy, grpo, sft, rl_sft).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def group_advantages(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    baseline_mask: torch.Tensor,
+    std_normalize: bool = False,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Per-sample advantages ``r_i - mean(r_j : j in group, baseline_mask_j)``.
+
+    rewards [S] float, group_ids [S] long (0..G-1), baseline_mask [S] bool (which samples form
+    the baseline: all for LUFFY's ``grpo``, on-policy only for ``grpo_split``) -> [S].
+    With ``std_normalize`` the difference is divided by (unbiased std of the baseline set + eps);
+    a baseline of fewer than two samples uses std 1. A group with no baseline sample gets 0.
+    """
+    rewards = rewards.to(torch.float64)
+    groups = int(group_ids.max().item()) + 1 if group_ids.numel() else 0
+    weight = baseline_mask.to(torch.float64)
+    count = torch.zeros(groups, dtype=torch.float64).index_add_(0, group_ids, weight)
+    total = torch.zeros(groups, dtype=torch.float64).index_add_(0, group_ids, rewards * weight)
+    mean = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+    adv = rewards - mean[group_ids]
+    if std_normalize:
+        sq = torch.zeros(groups, dtype=torch.float64).index_add_(
+            0, group_ids, (rewards - mean[group_ids]) ** 2 * weight
+        )
+        std = torch.where(count > 1, (sq / (count - 1).clamp(min=1)).sqrt(), torch.ones_like(sq))
+        adv = adv / (std[group_ids] + eps)
+    adv = torch.where(count[group_ids] > 0, adv, torch.zeros_like(adv))
+    return adv.to(torch.float32)
+
+
+def on_policy_loss(
+    logp: torch.Tensor,
+    logp_old: torch.Tensor,
+    adv: torch.Tensor,
+    clip: bool = False,
+    clip_eps: float = 0.2,
+) -> torch.Tensor:
+    """[T] token losses ``-A * r`` with r = exp(logp - logp_old); with ``clip`` the PPO
+    pessimistic max(-A r, -A clip(r, 1-eps, 1+eps))."""
+    ratio = torch.exp(logp - logp_old)
+    loss = -adv * ratio
+    if clip:
+        loss = torch.maximum(loss, -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps))
+    return loss
+
+
+def off_policy_loss(
+    logp: torch.Tensor, adv: torch.Tensor, shaping: bool = True, gamma: float = 0.1
+) -> torch.Tensor:
+    """[T] token losses ``-A * f(p)`` with p = exp(logp); f(p) = p / (p + gamma) under policy
+    shaping, else f(p) = p (the behaviour probability of a trace is taken as 1)."""
+    p = torch.exp(logp)
+    shaped = p / (p + gamma) if shaping else p
+    return -adv * shaped
+
+
+def truncated_is_weight(
+    logp_prox: torch.Tensor, logp_behav: torch.Tensor, cap: float = 2.0
+) -> torch.Tensor:
+    """[T] importance weights min(exp(logp_prox - logp_behav), cap); no gradient flows."""
+    return torch.exp(logp_prox - logp_behav).clamp(max=cap).detach()
+
+
+def sft_nll(logp: torch.Tensor) -> torch.Tensor:
+    """[T] negative log-likelihood per token."""
+    return -logp
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """[T, V] logits -> [T] entropy of softmax (in float32)."""
+    logits = logits.float()
+    logz = torch.logsumexp(logits, dim=-1)
+    p = torch.softmax(logits, dim=-1)
+    return logz - (p * logits).sum(-1)
+
+
+def loss_denominator(how: str, n_sequences: int, n_tokens: int, max_response_len: int) -> float:
+    """The constant a batch's summed token loss is divided by: Dr.GRPO-style
+    ``n_sequences * max_response_len`` (``token_sum_norm``) or the token count (``token_mean``)."""
+    if how == "token_sum_norm":
+        return float(max(1, n_sequences) * max_response_len)
+    if how == "token_mean":
+        return float(max(1, n_tokens))
+    raise ValueError(f"unknown loss aggregation {how!r}")
+
+
+def aggregate(values: torch.Tensor, mask: torch.Tensor, denominator: float) -> torch.Tensor:
+    """Scalar ``sum(values * mask) / denominator``; [T] values and mask."""
+    return (values * mask).sum() / denominator
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    mode: str = "luffy"  # luffy | grpo | sft | rl_sft
+    clip: bool = False
+    clip_eps: float = 0.2
+    shaping: bool = True
+    gamma: float = 0.1
+    decoupled: bool = True
+    is_cap: float = 2.0
+    sft_coef: float = 1.0
+
+
+def token_losses(
+    cfg: ObjectiveConfig,
+    logp: torch.Tensor,
+    logp_behav: torch.Tensor,
+    adv: torch.Tensor,
+    off_policy: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Per-token loss parts of one batch. All inputs [T]: current log-probs (with grad),
+    behaviour log-probs from the generator (0 for traces), per-token advantages (the sample's
+    advantage broadcast), off-policy flags. Returns {"on", "off", "sft"} [T], zero where a part
+    does not apply; their sum is the token loss.
+
+    The proximal policy is the current one before this update (``logp.detach()``): the on-policy
+    ratio is exp(logp - logp_prox) and, when ``decoupled``, each on-policy token is weighted by
+    min(pi_prox / pi_behav, C), which corrects stale samples (and is ~1 for fresh ones).
+    """
+    on = ~off_policy
+    zero = torch.zeros_like(logp)
+    parts = {"on": zero, "off": zero, "sft": zero}
+    if cfg.mode in ("luffy", "grpo", "rl_sft"):
+        prox = logp.detach()
+        old = prox if cfg.decoupled else logp_behav
+        on_loss = on_policy_loss(logp, old, adv, cfg.clip, cfg.clip_eps)
+        if cfg.decoupled:
+            on_loss = on_loss * truncated_is_weight(prox, logp_behav, cfg.is_cap)
+        parts["on"] = torch.where(on, on_loss, zero)
+    if cfg.mode == "luffy":
+        off_loss = off_policy_loss(logp, adv, cfg.shaping, cfg.gamma)
+        parts["off"] = torch.where(off_policy, off_loss, zero)
+    if cfg.mode in ("sft", "rl_sft"):
+        coef = 1.0 if cfg.mode == "sft" else cfg.sft_coef
+        parts["sft"] = torch.where(off_policy, coef * sft_nll(logp), zero)
+    return parts
+
+
+__all__ = [
+    "ObjectiveConfig",
+    "aggregate",
+    "entropy_from_logits",
+    "group_advantages",
+    "loss_denominator",
+    "off_policy_loss",
+    "on_policy_loss",
+    "sft_nll",
+    "token_losses",
+    "truncated_is_weight",
+]

@@ -1,0 +1,179 @@
+"""Batch assembly: scored samples -> complete groups -> a training batch.
+
+- ``GroupAssembler`` owns the groups being collected (by task id) and the accounting of what
+  left it and why. A group completes when its on-policy samples and off-policy traces have
+  all been scored; a group still incomplete after ``group_timeout_s`` is dropped and counted
+  (reason ``incomplete``), never silently. A re-delivered sample (same rollout id) is ignored.
+- ``build_batch`` turns complete groups into ``Sample``s with GRPO advantages; groups whose
+  on-policy samples are older than ``max_off_policy_steps`` are dropped (``stale = drop``) or
+  kept for the decoupled correction (``stale = correct``); either way they are counted.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from common.config import AlgorithmConfig
+from common.schemas import ScoredRollout
+from learner.algorithms import group_advantages
+
+
+@dataclass
+class Group:
+    task_id: str
+    n_on: int
+    n_off: int
+    samples: dict[str, ScoredRollout] = field(default_factory=dict)  # rollout id -> sample
+    first_seen: float = field(default_factory=time.monotonic)
+
+    def counts(self) -> tuple[int, int]:
+        off = sum(1 for s in self.samples.values() if s.rollout.off_policy)
+        return len(self.samples) - off, off
+
+    def complete(self) -> bool:
+        on, off = self.counts()
+        return on >= self.n_on and off >= self.n_off
+
+    def min_version(self) -> int | None:
+        versions = [
+            s.rollout.policy_version for s in self.samples.values() if not s.rollout.off_policy
+        ]
+        return min(versions) if versions else None
+
+
+class GroupAssembler:
+    def __init__(self, timeout_s: float):
+        self.timeout_s = timeout_s
+        self.pending: dict[str, Group] = {}
+        self.ready: list[Group] = []
+        self.dropped: Counter[str] = Counter()
+        self.duplicates = 0
+
+    def add(self, scored: ScoredRollout, expected: tuple[int, int]) -> None:
+        rollout = scored.rollout
+        group = self.pending.get(rollout.task_id)
+        if group is None:
+            if any(g.task_id == rollout.task_id for g in self.ready):
+                self.duplicates += 1  # a late copy of a sample of a group already complete
+                return
+            group = self.pending[rollout.task_id] = Group(rollout.task_id, *expected)
+        if rollout.rollout_id in group.samples:
+            self.duplicates += 1
+            return
+        group.samples[rollout.rollout_id] = scored
+        if group.complete():
+            self.ready.append(self.pending.pop(rollout.task_id))
+
+    def take(self, count: int) -> list[Group]:
+        """Up to ``count`` complete groups, oldest first."""
+        taken, self.ready = self.ready[:count], self.ready[count:]
+        return taken
+
+    def expire(self) -> list[Group]:
+        """Incomplete groups waiting longer than the timeout, removed and counted."""
+        limit = time.monotonic() - self.timeout_s
+        old = [g for g in self.pending.values() if g.first_seen < limit]
+        for group in old:
+            del self.pending[group.task_id]
+            self.dropped["incomplete"] += 1
+        return old
+
+
+@dataclass
+class Sample:
+    """One sequence to train on: prompt + response tokens and per-response-token data."""
+
+    input_ids: list[int]
+    prompt_len: int
+    behav_logprobs: list[float]
+    advantage: float
+    off_policy: bool
+    reward: float
+    lag: int
+
+    @property
+    def response_len(self) -> int:
+        return len(self.input_ids) - self.prompt_len
+
+
+@dataclass
+class TrainBatch:
+    samples: list[Sample]
+    groups: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _stale(group: Group, version: int, max_lag: int) -> bool:
+    oldest = group.min_version()
+    return oldest is not None and version - oldest > max_lag
+
+
+def build_batch(
+    groups: list[Group], version: int, algo: AlgorithmConfig, rng: random.Random
+) -> tuple[TrainBatch, list[Group]]:
+    """Samples with advantages from complete ``groups``; returns (batch, dropped stale groups)."""
+    kept, dropped = [], []
+    for group in groups:
+        if _stale(group, version, algo.max_off_policy_steps) and algo.stale == "drop":
+            dropped.append(group)
+        else:
+            kept.append(group)
+    rows: list[tuple[int, ScoredRollout]] = []
+    for gid, group in enumerate(kept):
+        rows += [(gid, s) for _, s in sorted(group.samples.items())]
+    if not rows:
+        return TrainBatch([], 0, {"stale_dropped": float(len(dropped))}), dropped
+    rewards = torch.tensor([s.reward for _, s in rows], dtype=torch.float32)
+    group_ids = torch.tensor([gid for gid, _ in rows], dtype=torch.long)
+    off = torch.tensor([s.rollout.off_policy for _, s in rows])
+    baseline = ~off if algo.advantage == "grpo_split" else torch.ones_like(off)
+    adv = group_advantages(rewards, group_ids, baseline, algo.std_normalize, algo.eps)
+    samples = [
+        _sample(s, float(a), version, algo, rng)
+        for (_, s), a in zip(rows, adv.tolist(), strict=True)
+    ]
+    stale_kept = sum(_stale(g, version, algo.max_off_policy_steps) for g in kept)
+    stats = {
+        "reward_mean": float(rewards.mean()),
+        "reward_on_mean": float(rewards[~off].mean()) if (~off).any() else 0.0,
+        "reward_off_mean": float(rewards[off].mean()) if off.any() else 0.0,
+        "stale_dropped": float(len(dropped)),
+        "stale_corrected": float(stale_kept),
+        "lag_max": float(max(s.lag for s in samples)),
+        "response_len_on_mean": _mean([s.response_len for s in samples if not s.off_policy]),
+    }
+    return TrainBatch(samples, len(kept), stats), dropped
+
+
+def _mean(values: list[int]) -> float:
+    return float(sum(values)) / len(values) if values else 0.0
+
+
+def _sample(
+    scored: ScoredRollout, adv: float, version: int, algo: AlgorithmConfig, rng: random.Random
+) -> Sample:
+    r = scored.rollout
+    completion = r.completion_ids.tolist()
+    behav = r.logprobs.tolist()
+    if r.off_policy and algo.prefix_ratio is not None and completion:
+        # partial prefix: learn from a random leading part of the trace only
+        keep = max(1, round(len(completion) * rng.uniform(*algo.prefix_ratio)))
+        completion, behav = completion[:keep], behav[:keep]
+    prompt = r.prompt_ids.tolist()
+    return Sample(
+        prompt + completion,
+        len(prompt),
+        behav,
+        adv,
+        r.off_policy,
+        scored.reward,
+        0 if r.off_policy else version - r.policy_version,
+    )
+
+
+__all__ = ["Group", "GroupAssembler", "Sample", "TrainBatch", "build_batch"]

@@ -1,0 +1,202 @@
+"""Weight broadcaster: the learner's side (rank 0) of the weight-sync group.
+
+``WeightBroadcaster`` owns the epoch (store, group, member ranks) and the set of members it
+is excluding after a failure. ``push(version, tensors)`` makes sure the group matches the live
+generators (a new epoch only when membership changed), publishes the bucket layout, broadcasts
+every bucket, waits for acks, and only then sets ``policy_version``. A member that fails to join
+or never acks is dropped from the next epochs for a while; a push broken by a dying member is
+retried once with the others; the learner goes on either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.config import SyncConfig
+from common.membership import list_members
+from common.transport import Keys, Resilient
+from common.weight_sync import (
+    EpochRecord,
+    GroupSpec,
+    PushRecord,
+    SyncBoard,
+    broadcast_async,
+    buckets_to_wire,
+    create_group,
+    host_store,
+    joined_ranks,
+    pack_bucket,
+    plan_buckets,
+    resolve_backend,
+)
+
+log = logging.getLogger(__name__)
+ERROR_ACK_WAIT_S = 5.0
+
+
+@dataclass
+class SyncResult:
+    version: int
+    ok: bool
+    seconds: float
+    members: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    bytes: int = 0
+
+
+class WeightBroadcaster:
+    def __init__(self, redis_: Resilient, keys: Keys, cfg: SyncConfig, role: str = "generator"):
+        self.redis, self.keys, self.cfg, self.role = redis_, keys, cfg, role
+        self.board = SyncBoard(redis_, keys)
+        self.backend = resolve_backend(cfg.backend)
+        self.epoch = self._last_epoch()
+        self.members: dict[str, list[int]] = {}
+        self.excluded: dict[str, float] = {}  # member -> until (monotonic)
+        self._store: Any = None
+        self._group: Any = None
+
+    def _last_epoch(self) -> int:
+        record, _ = self.board.read()
+        return record.epoch if record else 0
+
+    # ---------------------------------------------------------------- membership
+
+    def live_members(self) -> dict[str, int]:
+        """Live generators able to sync, minus recently failed ones: id -> ranks they need."""
+        now = time.monotonic()
+        self.excluded = {m: until for m, until in self.excluded.items() if until > now}
+        out = {}
+        for record in list_members(self.redis, self.keys, self.role):
+            ranks = int(record.get("sync_ranks") or 0)
+            if ranks > 0 and record["id"] not in self.excluded:
+                out[str(record["id"])] = ranks
+        return out
+
+    def ensure_epoch(self) -> bool:
+        """Rebuild the group if the live membership changed; False if nobody is there."""
+        live = self.live_members()
+        current = {m: r[1] for m, r in self.members.items()}
+        if live == current and (self._group is not None or not live):
+            return bool(live)
+        self._close_group()
+        if not live:
+            self.members = {}
+            return False
+        self._new_epoch(live)
+        return self._group is not None
+
+    def _new_epoch(self, live: dict[str, int]) -> None:
+        self.epoch += 1
+        ranks, nxt = {}, 1
+        for member in sorted(live):
+            ranks[member] = [nxt, live[member]]
+            nxt += live[member]
+        store, port = host_store(self.cfg.host, self.cfg.port, nxt, self.cfg.timeout_s)
+        spec = GroupSpec(self.epoch, self.cfg.host, port, nxt, self.backend, self.cfg.timeout_s)
+        self.board.publish_epoch(EpochRecord(**vars(spec), ranks=ranks))
+        log.info("weight-sync epoch %d: %d members, world %d", self.epoch, len(ranks), nxt)
+        try:
+            _, group = create_group(spec, 0, store)
+        except Exception as exc:  # timeout: some member never joined
+            arrived = set(joined_ranks(store, self.epoch, nxt))
+            missing = [m for m, (first, _) in ranks.items() if first not in arrived]
+            log.warning("epoch %d failed (%s); excluding %s", self.epoch, exc, missing)
+            self._exclude(missing)
+            self.members, self._store = {}, None
+            return
+        self.members, self._store, self._group = ranks, store, group
+
+    def _exclude(self, members: Iterable[str]) -> None:
+        until = time.monotonic() + 2 * self.cfg.timeout_s
+        for member in members:
+            self.excluded[member] = until
+
+    def _close_group(self) -> None:
+        self._group, self._store = None, None
+
+    # ---------------------------------------------------------------- push
+
+    def push(self, version: int, tensors: Iterable[tuple[str, Any]]) -> SyncResult:
+        """Broadcast ``tensors`` (full, unsharded) as ``version``; set policy_version on success.
+
+        A member that dies mid-broadcast fails the collective for every rank: the live members
+        ack the failure, the silent one is dropped, and the push is tried once more with the
+        rest (a new epoch), all within ``sync.timeout_s``."""
+        started = time.perf_counter()
+        named = dict(tensors)
+        result = self._attempt(version, named, started)
+        if not result.ok and result.failed and time.perf_counter() - started < self.cfg.timeout_s:
+            log.info("retrying push %d without %s", version, sorted(self.excluded))
+            retry = self._attempt(version, named, started)
+            retry.failed = {**result.failed, **retry.failed}
+            result = retry
+        return result
+
+    def _attempt(self, version: int, named: dict[str, Any], started: float) -> SyncResult:
+        if not self.ensure_epoch():
+            self.board.set_policy_version(version)
+            return SyncResult(version, True, time.perf_counter() - started)
+        specs = [(n, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for n, t in named.items()]
+        buckets = plan_buckets(specs, self.cfg.bucket_mb * 1024 * 1024)
+        # the first bucket is packed before the announcement so receivers never wait on it;
+        # each next bucket is packed while the previous one is on the wire
+        flat = pack_bucket(buckets[0], named, device=self._device())
+        self.board.publish_push(PushRecord(version, self.epoch, buckets_to_wire(buckets)))
+        sent = 0
+        try:
+            for i in range(len(buckets)):
+                work = broadcast_async(self._group, flat, root=0)
+                last = i + 1 == len(buckets)
+                nxt = None if last else pack_bucket(buckets[i + 1], named, self._device())
+                work.wait()
+                sent += flat.numel() * flat.element_size()
+                flat = nxt
+        except Exception as exc:
+            log.warning("weight push %d failed during broadcast: %s", version, exc)
+            work = None  # drop every reference to the group so its connections close now:
+            self._close_group()  # receivers still waiting fail fast and ack the failure
+            return self._finish(version, started, sent, broken=True)
+        return self._finish(version, started, sent, broken=False)
+
+    def _device(self) -> Any:
+        import torch
+
+        return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else None
+
+    def _finish(self, version: int, started: float, sent: int, broken: bool) -> SyncResult:
+        deadline = started + self.cfg.timeout_s
+        if broken:  # live members report a failed collective within seconds; the dead never
+            deadline = min(deadline, time.perf_counter() + ERROR_ACK_WAIT_S)
+        acks = self._wait_acks(version, deadline)
+        ok_members = [m for m in self.members if acks.get(m, {}).get("ok")]
+        failed = {
+            m: acks.get(m, {}).get("detail") or "no ack"
+            for m in self.members
+            if m not in ok_members
+        }
+        silent = [m for m in self.members if m not in acks]
+        if failed:
+            log.warning("weight push %d: members failed: %s", version, failed)
+        if silent:
+            self._exclude(silent)  # dead or hung: left out of the next epochs for a while
+        if broken or failed:
+            self._close_group()  # the next push starts a new epoch
+            self.members = {}
+        ok = bool(ok_members)
+        if ok:
+            self.board.set_policy_version(version)
+        return SyncResult(version, ok, time.perf_counter() - started, ok_members, failed, sent)
+
+    def _wait_acks(self, version: int, deadline: float) -> dict[str, dict]:
+        while True:
+            acks = self.board.acks(version, self.epoch)
+            if all(m in acks for m in self.members) or time.perf_counter() > deadline:
+                return acks
+            time.sleep(0.01)  # acks are written right after the receivers' loads finish
+
+
+__all__ = ["SyncResult", "WeightBroadcaster"]

@@ -1,0 +1,326 @@
+"""Training data: our row format, loading with a bad-row report, conversion from LUFFY's and
+OpenR1's releases (``luffy prepare``), and prompt/trace tokenisation.
+
+Our row: ``prompt`` (text, or a chat list of {role, content}), ``answer`` (the gold answer),
+``target`` (the off-policy reasoning trace, optional), ``data_source`` (optional), ``id``
+(optional). A row with missing or bad fields is skipped and reported (count and the first
+examples), never silently and never fatally.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+MAX_EXAMPLES_SHOWN = 5
+SYSTEM_PROMPTS = {
+    "qwen": "Please reason step by step, and put your final answer within \\boxed{}.",
+    "prime": (
+        "When tackling complex reasoning tasks, you have access to the following actions. "
+        "Use them as needed to progress through your thought process. After reasoning, "
+        "present the final answer within \\boxed{}."
+    ),
+}
+
+
+class DataError(ValueError):
+    """The data file itself cannot be used (missing, unreadable, unknown format)."""
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    prompt: str | tuple[tuple[str, str], ...]  # text, or ((role, content), ...)
+    answer: str
+    target: str | None = None
+    data_source: str = "unknown"
+
+    def to_row(self) -> dict[str, Any]:
+        prompt = (
+            self.prompt
+            if isinstance(self.prompt, str)
+            else [{"role": r, "content": c} for r, c in self.prompt]
+        )
+        return {
+            "id": self.id,
+            "prompt": prompt,
+            "answer": self.answer,
+            "target": self.target,
+            "data_source": self.data_source,
+        }
+
+
+@dataclass
+class BadRows:
+    """Rows skipped while loading or converting, with the first few reasons."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, index: int, reason: str) -> None:
+        self.count += 1
+        if len(self.examples) < MAX_EXAMPLES_SHOWN:
+            self.examples.append(f"row {index}: {reason}")
+
+    def summary(self, path: str | Path) -> str:
+        shown = "; ".join(self.examples)
+        return f"{path}: skipped {self.count} bad row(s) (first: {shown})"
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+def read_records(path: str | Path, bad: BadRows) -> list[dict | None]:
+    """Rows of a .jsonl/.json/.parquet file as dicts (None for a line that is not JSON)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(path).to_pylist()
+        except Exception as exc:
+            raise DataError(f"{path}: not a readable parquet file ({exc})") from None
+    if suffix in (".jsonl", ".json"):
+        rows: list[dict | None] = []
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            for index, line in enumerate(fh):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    bad.add(index, f"not valid JSON ({exc.msg})")
+                    rows.append(None)
+        return rows
+    raise DataError(f"{path}: unsupported data format {suffix!r} (use .jsonl or .parquet)")
+
+
+def write_rows(path: str | Path, rows: Sequence[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        flat = [
+            {
+                **r,
+                "prompt": json.dumps(r["prompt"])
+                if not isinstance(r["prompt"], str)
+                else r["prompt"],
+            }
+            for r in rows
+        ]
+        pq.write_table(pa.Table.from_pylist(flat), path)
+        return
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _text(value: Any, name: str, required: bool = True) -> str | None:
+    if value is None:
+        if required:
+            raise ValueError(f"missing {name!r}")
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{name!r} must be text, got {type(value).__name__}")
+    if required and not value.strip():
+        raise ValueError(f"{name!r} is empty")
+    return value
+
+
+def _prompt(value: Any) -> str | tuple[tuple[str, str], ...]:
+    if isinstance(value, str):
+        if value.startswith("[") and value.endswith("]"):  # chat list stored as JSON text
+            try:
+                return _prompt(json.loads(value))
+            except json.JSONDecodeError:
+                pass
+        if not value.strip():
+            raise ValueError("'prompt' is empty")
+        return value
+    if isinstance(value, list | tuple) and value:
+        turns = []
+        for turn in value:
+            if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
+                raise ValueError("'prompt' chat turns need a text 'content'")
+            turns.append((str(turn.get("role") or "user"), turn["content"]))
+        return tuple(turns)
+    raise ValueError(f"'prompt' must be text or a chat list, got {type(value).__name__}")
+
+
+def to_example(row: Any, index: int) -> Example:
+    """Validate one row of our format (raises ValueError naming the field)."""
+    if not isinstance(row, dict):
+        raise ValueError(f"row is {type(row).__name__}, not an object")
+    return Example(
+        id=str(row.get("id") if row.get("id") is not None else index),
+        prompt=_prompt(row.get("prompt")),
+        answer=_text(row.get("answer"), "answer"),
+        target=_text(row.get("target"), "target", required=False) or None,
+        data_source=_text(row.get("data_source"), "data_source", required=False) or "unknown",
+    )
+
+
+def load_examples(path: str | Path) -> tuple[list[Example], BadRows]:
+    """Our format from ``path``; bad rows are skipped, counted and logged."""
+    bad = BadRows()
+    examples = []
+    for index, row in enumerate(read_records(path, bad)):
+        if row is None:
+            continue
+        try:
+            examples.append(to_example(row, index))
+        except ValueError as exc:
+            bad.add(index, str(exc))
+    if bad.count:
+        log.warning("%s", bad.summary(path))
+    if not examples:
+        raise DataError(f"{path}: no usable rows ({bad.summary(path) if bad.count else 'empty'})")
+    return examples, bad
+
+
+# --------------------------------------------------------------------------- luffy prepare
+
+
+def _from_luffy(row: dict, index: int) -> Example:
+    reward_model = row.get("reward_model") or {}
+    if not isinstance(reward_model, dict):
+        raise ValueError("'reward_model' must be an object with 'ground_truth'")
+    target = row.get("target")
+    trace = None
+    if isinstance(target, list | tuple) and target:
+        first = target[0]
+        trace = first.get("content") if isinstance(first, dict) else first
+    elif isinstance(target, str):
+        trace = target
+    return to_example(
+        {
+            "id": row.get("id", index),
+            "prompt": row.get("prompt"),
+            "answer": reward_model.get("ground_truth"),
+            "target": trace,
+            "data_source": row.get("data_source"),
+        },
+        index,
+    )
+
+
+def _from_openr1(row: dict, index: int) -> Example:
+    generations = row.get("generations") or []
+    if not isinstance(generations, list | tuple):
+        raise ValueError("'generations' must be a list of texts")
+    correct = row.get("correctness_math_verify") or []
+    trace = next((g for g, ok in zip(generations, correct, strict=False) if ok), None)
+    trace = trace or (generations[0] if generations else None)
+    return to_example(
+        {
+            "id": row.get("uuid", index),
+            "prompt": row.get("problem"),
+            "answer": row.get("answer"),
+            "target": trace,
+            "data_source": row.get("source") or "openr1",
+        },
+        index,
+    )
+
+
+CONVERTERS = {"luffy": _from_luffy, "openr1": _from_openr1, "ours": to_example}
+
+
+def detect_format(row: dict) -> str:
+    if "reward_model" in row:
+        return "luffy"
+    if "problem" in row and "generations" in row:
+        return "openr1"
+    return "ours"
+
+
+def prepare(src: str | Path, dst: str | Path, fmt: str = "auto") -> tuple[int, BadRows]:
+    """Convert ``src`` (LUFFY / OpenR1 / ours) into our format at ``dst``."""
+    bad = BadRows()
+    records = read_records(src, bad)
+    first = next((r for r in records if isinstance(r, dict)), None)
+    if first is None:
+        raise DataError(f"{src}: no rows to convert")
+    fmt = detect_format(first) if fmt == "auto" else fmt
+    if fmt not in CONVERTERS:
+        raise DataError(f"unknown input format {fmt!r}; known: {sorted(CONVERTERS)}")
+    out = []
+    for index, row in enumerate(records):
+        if row is None:
+            continue
+        try:
+            if not isinstance(row, dict):
+                raise ValueError(f"row is {type(row).__name__}, not an object")
+            out.append(CONVERTERS[fmt](row, index).to_row())
+        except ValueError as exc:
+            bad.add(index, str(exc))
+    write_rows(dst, out)
+    return len(out), bad
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def chat_messages(prompt: str | Sequence, template: str) -> list[dict[str, str]]:
+    turns = (
+        [{"role": "user", "content": prompt}]
+        if isinstance(prompt, str)
+        else [{"role": r, "content": c} for r, c in prompt]
+    )
+    if template in SYSTEM_PROMPTS:
+        turns = [t for t in turns if t["role"] != "system"]
+        turns.insert(0, {"role": "system", "content": SYSTEM_PROMPTS[template]})
+    return turns
+
+
+def prompt_ids(tokenizer: Any, prompt: str | Sequence, template: str) -> list[int]:
+    """Token ids of the prompt as the policy sees it (``none``: raw text, no chat template)."""
+    if template == "none":
+        text = prompt if isinstance(prompt, str) else "\n".join(c for _, c in prompt)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = tokenizer.apply_chat_template(
+        chat_messages(prompt, template), tokenize=True, add_generation_prompt=True
+    )
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def trace_ids(tokenizer: Any, trace: str) -> list[int]:
+    """The off-policy trace as the policy would have produced it: text tokens + EOS."""
+    ids = list(tokenizer(trace, add_special_tokens=False)["input_ids"])
+    return [*ids, tokenizer.eos_token_id]
+
+
+def iter_rows(examples: Iterable[Example]) -> Iterable[dict]:
+    return (asdict(e) for e in examples)
+
+
+__all__ = [
+    "BadRows",
+    "DataError",
+    "Example",
+    "load_examples",
+    "prepare",
+    "prompt_ids",
+    "read_records",
+    "to_example",
+    "trace_ids",
+    "write_rows",
+]

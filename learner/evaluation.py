@@ -1,0 +1,101 @@
+"""Held-out evaluation during training, through the same generators and verifiers.
+
+``EvalRounds`` owns the open rounds: each round feeds ``eval_prompts`` held-out prompts as
+tasks (no traces, evaluation sampling), collects their scored
+samples, and closes when every prompt has all its samples (or the round times out) with
+avg@k (mean reward) and pass@k (share of prompts with a correct sample).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.config import Config
+from common.schemas import SamplingParams, ScoredRollout, Task, encode_task
+from common.transport import Publisher
+from learner.data import Example, prompt_ids
+
+PREFIX = "eval"
+
+
+@dataclass
+class Round:
+    step: int
+    expected: dict[str, int]  # task id -> samples
+    rewards: dict[str, list[float]] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def done(self) -> bool:
+        return all(len(self.rewards.get(t, [])) >= n for t, n in self.expected.items())
+
+    def result(self) -> dict[str, Any]:
+        per_prompt = [self.rewards.get(t, []) for t in self.expected]
+        scored = [r for rs in per_prompt for r in rs]
+        return {
+            "kind": "eval",
+            "step": self.step,
+            "reward_mean": sum(scored) / len(scored) if scored else 0.0,
+            "pass_at_k": sum(any(r > 0 for r in rs) for rs in per_prompt) / max(1, len(per_prompt)),
+            "prompts": len(per_prompt),
+            "samples": len(scored),
+            "complete": self.done(),
+        }
+
+
+class EvalRounds:
+    def __init__(self, examples: list[Example], tokenizer: Any, cfg: Config, prompts: Publisher):
+        lc = cfg.learner
+        self.examples = examples[: lc.eval_prompts]
+        self.cfg, self.prompts = cfg, prompts
+        self.ids = [prompt_ids(tokenizer, e.prompt, cfg.model.template) for e in self.examples]
+        self.rounds: dict[int, Round] = {}
+
+    @staticmethod
+    def is_eval(task_id: str) -> bool:
+        return task_id.startswith(PREFIX)
+
+    def start(self, step: int) -> None:
+        lc, gen = self.cfg.learner, self.cfg.generator
+        sampling = SamplingParams(lc.eval_temperature, 1.0, gen.max_new_tokens, seed=step)
+        tasks, expected = [], {}
+        nonce = uuid.uuid4().hex[:6]  # a re-run round (after a restart) must not look done
+        for i, (ex, ids) in enumerate(zip(self.examples, self.ids, strict=True)):
+            task_id = f"{PREFIX}{step}.{nonce}-{i}"
+            task = Task(
+                task_id,
+                ex.id,
+                ids,
+                lc.eval_samples,
+                sampling,
+                ex.answer,
+                0,
+                ex.data_source,
+                time.time(),
+            )
+            tasks.append((task_id, encode_task(task)))
+            expected[task_id] = lc.eval_samples
+        self.rounds[step] = Round(step, expected)
+        self.prompts.publish(tasks)
+
+    def add(self, scored: ScoredRollout) -> None:
+        task_id = scored.rollout.task_id
+        step = int(task_id[len(PREFIX) :].split(".", 1)[0])
+        round_ = self.rounds.get(step)
+        if round_ is not None and task_id in round_.expected:
+            round_.rewards.setdefault(task_id, []).append(scored.reward)
+
+    def finished(self, timeout_s: float) -> list[dict[str, Any]]:
+        """Results of rounds that completed or timed out (each reported once)."""
+        now = time.monotonic()
+        out = []
+        for step, round_ in list(self.rounds.items()):
+            if round_.done() or now - round_.started > timeout_s:
+                out.append(round_.result())
+                del self.rounds[step]
+        return out
+
+
+__all__ = ["EvalRounds"]

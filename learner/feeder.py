@@ -1,0 +1,173 @@
+"""The feeder: turns training examples into tasks on ``prompts`` (and their off-policy traces
+into rollouts on ``rollouts``, so the verifiers score them like any sample).
+
+State it owns (saved in checkpoints): the cursor (epoch, position in that epoch's seeded
+permutation) and the in-flight tasks (fed, not yet trained or dropped). It never keeps more
+than ``(max_off_policy_steps + 1) * batch_prompts`` tasks in flight (AReaL-style admission),
+which bounds how stale a rollout can be. Task ids are derived from the cursor
+(``e<epoch>-<position>``), so a task re-fed after a restart has the id it had before and the
+generators' and verifiers' dedupe keeps it from being produced twice.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from common.config import Config
+from common.schemas import Rollout, SamplingParams, Task, encode_rollout, encode_task
+from common.transport import Publisher
+from learner.data import Example, prompt_ids, trace_ids
+
+
+@dataclass
+class Cursor:
+    epoch: int = 0
+    position: int = 0
+
+
+@dataclass
+class FedTask:
+    task_id: str
+    index: int  # example index
+    n_on: int
+    n_off: int
+    fed_at: float = field(default_factory=time.time)
+
+
+class Feeder:
+    def __init__(
+        self,
+        examples: list[Example],
+        tokenizer: Any,
+        cfg: Config,
+        prompts: Publisher,
+        rollouts: Publisher,
+    ):
+        self.examples, self.tokenizer, self.cfg = examples, tokenizer, cfg
+        self.prompts, self.rollouts = prompts, rollouts
+        self.cursor = Cursor()
+        self.inflight: dict[str, FedTask] = {}
+        self.fed_total = 0
+        self._order: tuple[int, np.ndarray] | None = None
+        algo = cfg.algorithm
+        self.n_on = algo.n_on
+        self.n_off = 0 if algo.mode == "grpo" else algo.n_off
+        self.capacity = (algo.max_off_policy_steps + 1) * cfg.learner.batch_prompts
+
+    # ---------------------------------------------------------------- cursor
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if self._order is None or self._order[0] != epoch:
+            rng = np.random.default_rng([self.cfg.run.seed, epoch])
+            self._order = (epoch, rng.permutation(len(self.examples)))
+        return self._order[1]
+
+    def _next(self) -> tuple[str, int]:
+        if self.cursor.position >= len(self.examples):
+            self.cursor = Cursor(self.cursor.epoch + 1, 0)
+        index = int(self._permutation(self.cursor.epoch)[self.cursor.position])
+        task_id = f"e{self.cursor.epoch}-{self.cursor.position}"
+        self.cursor.position += 1
+        return task_id, index
+
+    # ---------------------------------------------------------------- feeding
+
+    def room(self) -> int:
+        return max(0, self.capacity - len(self.inflight))
+
+    def top_up(self, limit: int | None = None) -> int:
+        """Feed tasks until the in-flight cap (or ``limit`` new tasks); returns how many."""
+        count = min(self.room(), limit if limit is not None else self.room())
+        tasks, traces = [], []
+        for _ in range(count):
+            task_id, index = self._next()
+            fed, task, trace = self._make(task_id, index)
+            self.inflight[task_id] = fed
+            tasks.append((task_id, encode_task(task)))
+            traces += trace
+        if traces:  # traces first: a group's samples can only complete once they are scored
+            self.rollouts.publish(traces)
+        if tasks:
+            self.prompts.publish(tasks)
+        self.fed_total += len(tasks)
+        return len(tasks)
+
+    def _make(self, task_id: str, index: int) -> tuple[FedTask, Task, list]:
+        ex = self.examples[index]
+        ids = prompt_ids(self.tokenizer, ex.prompt, self.cfg.model.template)
+        gen = self.cfg.generator
+        sampling = SamplingParams(
+            gen.temperature,
+            gen.top_p,
+            gen.max_new_tokens,
+            seed=random.Random(task_id).randrange(1 << 31),
+        )
+        with_trace = (
+            ex.target is not None
+            and self.n_off > 0
+            and (
+                random.Random(f"{self.cfg.run.seed}/{task_id}").random()
+                < self.cfg.algorithm.target_prob
+            )
+        )
+        n_off = self.n_off if with_trace else 0
+        task = Task(
+            task_id, ex.id, ids, self.n_on, sampling, ex.answer, 0, ex.data_source, time.time()
+        )
+        traces = [self._trace(task, ex, j) for j in range(n_off)]
+        return FedTask(task_id, index, self.n_on, n_off), task, traces
+
+    def _trace(self, task: Task, ex: Example, j: int) -> tuple[str, bytes]:
+        completion = trace_ids(self.tokenizer, ex.target)
+        rollout = Rollout(
+            rollout_id=f"{task.task_id}/off{j}",
+            task_id=task.task_id,
+            sample=self.n_on + j,
+            prompt_ids=task.prompt_ids,
+            completion_ids=completion,
+            logprobs=[0.0] * len(completion),
+            text=ex.target,
+            gold=ex.answer,
+            policy_version=0,
+            finish_reason="stop",
+            generator_id="trace",
+            off_policy=True,
+            data_source=ex.data_source,
+        )
+        return rollout.rollout_id, encode_rollout(rollout)
+
+    def resolve(self, task_id: str) -> FedTask | None:
+        """The task's group was trained or dropped: it leaves the in-flight set."""
+        return self.inflight.pop(task_id, None)
+
+    def expected(self, task_id: str) -> tuple[int, int]:
+        fed = self.inflight.get(task_id)
+        return (fed.n_on, fed.n_off) if fed else (self.n_on, self.n_off)
+
+    def overdue(self, timeout_s: float) -> list[FedTask]:
+        """In-flight tasks fed longer ago than ``timeout_s`` (their samples never all came)."""
+        limit = time.time() - timeout_s
+        return [fed for fed in self.inflight.values() if fed.fed_at < limit]
+
+    # ---------------------------------------------------------------- checkpoint
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "cursor": asdict(self.cursor),
+            "fed_total": self.fed_total,
+            "inflight": [asdict(f) for f in self.inflight.values()],
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.cursor = Cursor(**state["cursor"])
+        self.fed_total = int(state.get("fed_total", 0))
+        now = time.time()  # restart the in-flight clocks: the wait starts again now
+        self.inflight = {f["task_id"]: FedTask(**{**f, "fed_at": now}) for f in state["inflight"]}
+
+
+__all__ = ["Cursor", "FedTask", "Feeder"]

@@ -1,0 +1,281 @@
+"""The ``luffy`` command line: one subcommand per role plus tools.
+
+Every role command takes ``--config FILE``, ``--print-config`` and dotted overrides
+(``--learner.lr 1e-5``); the config is resolved once (TOML, then LUFFY_* env, then flags).
+Heavy imports (torch, vLLM, transformers) happen inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from common.config import Config, ConfigError, load_config
+from common.logs import setup_logging
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="luffy-async: asynchronous RL post-training with off-policy guidance (LUFFY).",
+)
+log = logging.getLogger("luffy")
+OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+# role -> (module, worker factory, issue that delivers it)
+ROLE_WORKERS = {
+    "generator": ("generator.service", "GeneratorWorker", 4),
+    "verifier": ("verifier.service", "VerifierWorker", 3),
+    "learner": ("learner.service", "LearnerWorker", 5),
+}
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config file (else $LUFFY_CONFIG).")
+]
+PrintOpt = Annotated[
+    bool, typer.Option("--print-config", help="Print the resolved config as TOML and exit.")
+]
+
+
+def resolve(config: Path | None, overrides: list[str]) -> Config:
+    """Resolve the config or exit 2 with the problem named."""
+    try:
+        return load_config(config, overrides)
+    except ConfigError as exc:
+        typer.echo(f"config error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def config_toml(cfg: Config) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(cfg.to_toml_dict())
+
+
+def not_implemented(what: str, issue: int) -> None:
+    typer.echo(f"luffy {what}: not implemented yet (planned in issue #{issue}).", err=True)
+    raise typer.Exit(3)
+
+
+def load_worker(role: str) -> Any:
+    module_name, factory, issue = ROLE_WORKERS[role]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        not_implemented(role, issue)
+    return getattr(module, factory)
+
+
+def run_role(
+    role: str, ctx: typer.Context, config: Path | None, print_config: bool, extra: list[str] = ()
+) -> None:
+    cfg = resolve(config, [*ctx.args, *extra])
+    if print_config:
+        typer.echo(config_toml(cfg), nl=False)
+        return
+    worker_cls = load_worker(role)
+    from services.runtime import ServiceRuntime, default_member_id
+
+    member_id = getattr(cfg, role).id if hasattr(getattr(cfg, role), "id") else None
+    member_id = member_id or default_member_id(role)
+    setup_logging(cfg.run.log_level, role, member_id)
+    log.info("resolved config:\n%s", json.dumps(cfg.to_toml_dict(), indent=1, sort_keys=True))
+    rc = ServiceRuntime(role, cfg, worker_cls(), member_id).run()
+    raise typer.Exit(rc)
+
+
+@app.command(context_settings=OVERRIDES)
+def generator(ctx: typer.Context, config: ConfigOpt = None, print_config: PrintOpt = False) -> None:
+    """Run a generator: consume prompts, sample with vLLM, publish rollouts."""
+    run_role("generator", ctx, config, print_config)
+
+
+@app.command(context_settings=OVERRIDES)
+def verifier(ctx: typer.Context, config: ConfigOpt = None, print_config: PrintOpt = False) -> None:
+    """Run a verifier: score rollouts with math-verify, publish scored rollouts."""
+    run_role("verifier", ctx, config, print_config)
+
+
+@app.command(context_settings=OVERRIDES)
+def learner(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    print_config: PrintOpt = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the last checkpoint.")
+    ] = False,
+) -> None:
+    """Run the learner: feed prompts, train on scored groups, broadcast weights."""
+    extra = ["--learner.resume", "true"] if resume else []
+    cfg = resolve(config, [*ctx.args, *extra])
+    if print_config:
+        typer.echo(config_toml(cfg), nl=False)
+        return
+    if cfg.learner.nproc > 1 and "RANK" not in os.environ:
+        raise typer.Exit(launch_torchrun(cfg.learner.nproc, config, [*ctx.args, *extra]))
+    if int(os.environ.get("RANK", "0")) > 0:
+        from learner.service import follow
+
+        setup_logging(cfg.run.log_level, "learner", f"rank{os.environ['RANK']}")
+        raise typer.Exit(follow(cfg))
+    run_role("learner", ctx, config, False, extra)
+
+
+def launch_torchrun(nproc: int, config: Path | None, args: list[str]) -> int:
+    """Re-run this command as ``nproc`` learner ranks (rank 0 serves REST and drives)."""
+    import subprocess
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        "--master-addr=127.0.0.1",
+        "-m",
+        "services.learner",
+    ]
+    cmd += (["--config", str(config)] if config else []) + args
+    return subprocess.call(cmd)
+
+
+@app.command(context_settings=OVERRIDES)
+def up(ctx: typer.Context, config: ConfigOpt = None, print_config: PrintOpt = False) -> None:
+    """Run the whole local stack (Redis, learner, generators, verifiers) under one supervisor."""
+    cfg = resolve(config, list(ctx.args))
+    if print_config:
+        typer.echo(config_toml(cfg), nl=False)
+        return
+    from services.up import run_up
+
+    raise typer.Exit(run_up(cfg, str(config) if config else None, list(ctx.args)))
+
+
+@app.command(context_settings=OVERRIDES)
+def init(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """Prepare a run's inputs: the tiny model and the synthetic task when they are missing."""
+    cfg = resolve(config, list(ctx.args))
+    setup_logging(cfg.run.log_level, "init")
+    from services.up import ensure_model, ensure_task
+
+    ensure_model(cfg)
+    ensure_task(cfg)
+
+
+@app.command(context_settings=OVERRIDES)
+def status(ctx: typer.Context, config: ConfigOpt = None) -> None:
+    """Show the cluster: live members, queue depths and deadletter count."""
+    cfg = resolve(config, list(ctx.args))
+    from services.status import print_status
+
+    raise typer.Exit(print_status(cfg))
+
+
+@app.command()
+def prepare(
+    src: Annotated[Path, typer.Argument(help="LUFFY / OpenR1 / our .parquet or .jsonl file.")],
+    dst: Annotated[Path, typer.Argument(help="Output .jsonl or .parquet in our format.")],
+    fmt: Annotated[str, typer.Option("--format", help="auto | luffy | openr1 | ours")] = "auto",
+) -> None:
+    """Convert LUFFY / OpenR1 data files into luffy-async's training format."""
+    from learner.data import DataError
+    from learner.data import prepare as convert
+
+    try:
+        written, bad = convert(src, dst, fmt)
+    except DataError as exc:
+        typer.echo(f"prepare: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"wrote {written} rows to {dst}")
+    if bad.count:
+        typer.echo(bad.summary(src), err=True)
+
+
+Template = Annotated[str, typer.Option(help="Prompt template: own | qwen | prime | none.")]
+Engine = Annotated[str, typer.Option(help="vllm (hf when vLLM is unavailable) or hf.")]
+
+
+@app.command()
+def eval(
+    model: Annotated[Path, typer.Option(help="HF model folder.")],
+    data: Annotated[Path, typer.Option(help="Benchmark .parquet/.jsonl (ours or LUFFY's).")],
+    out: Annotated[Path | None, typer.Option(help="Per-sample jsonl (resumable).")] = None,
+    samples: Annotated[int, typer.Option(help="Samples per prompt (k).")] = 1,
+    template: Template = "own",
+    temperature: float = 0.6,
+    max_tokens: int = 1024,
+    engine: Engine = "vllm",
+    think_tags: Annotated[
+        bool | None, typer.Option(help="Require </think> (default: own).")
+    ] = None,
+) -> None:
+    """Evaluate a model on benchmark files (avg@k, pass@k per data source)."""
+    from rich.console import Console
+
+    from learner.data import DataError
+    from services.evaluate import EvalOptions, evaluate, report_table
+
+    setup_logging("INFO", "eval")
+    out = out or data.with_name(f"{data.stem}.{model.name}.samples.jsonl")
+    opts = EvalOptions(
+        samples=samples,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        template=template,
+        think_tags=think_tags,
+    )
+    try:
+        summary = evaluate(model, data, out, opts, engine)
+    except DataError as exc:
+        typer.echo(f"eval: {exc}", err=True)
+        raise typer.Exit(2) from None
+    Console().print(report_table(summary))
+    report = out.with_suffix(".summary.json")
+    report.write_text(json.dumps(summary, indent=2))
+    typer.echo(f"per-sample results: {out}\nsummary: {report}")
+
+
+@app.command()
+def generate(
+    question: Annotated[str, typer.Argument(help="The question to ask.")],
+    model: Annotated[Path, typer.Option(help="HF model folder.")],
+    template: Template = "own",
+    temperature: float = 0.6,
+    max_tokens: int = 1024,
+    engine: Engine = "vllm",
+) -> None:
+    """Answer one question with the model's chat template (the LUFFY inference example)."""
+    from services.evaluate import EvalOptions, generate_answer
+
+    opts = EvalOptions(temperature=temperature, max_tokens=max_tokens, template=template)
+    typer.echo(generate_answer(model, question, opts, engine))
+
+
+@app.command("init-tiny-model", context_settings=OVERRIDES)
+def init_tiny_model(
+    ctx: typer.Context,
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the HF model into.")],
+    config: ConfigOpt = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default: run.seed).")] = None,
+) -> None:
+    """Build the tiny Qwen2 model + tokenizer offline (shape from model.tiny)."""
+    cfg = resolve(config, list(ctx.args))
+    from common.tiny_model import build_tiny_model
+
+    path = build_tiny_model(out_dir, cfg.model.tiny, cfg.run.seed if seed is None else seed)
+    typer.echo(f"tiny model written to {path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv if argv is not None else sys.argv[1:], prog_name="luffy")
+
+
+if __name__ == "__main__":
+    main()

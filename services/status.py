@@ -1,0 +1,112 @@
+"""``luffy status``: one table of a run, from Redis (members, queue depths, deadletters,
+policy version) and every live service's /status (versions, rates, stale drops)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from common.config import Config
+from common.membership import list_members
+from common.transport import Keys, Resilient, stream_depths
+
+ROLES = ("learner", "generator", "verifier")
+
+
+def fetch_status(member: dict[str, Any], timeout_s: float = 0.5) -> dict[str, Any]:
+    try:
+        url = f"http://{member['host']}:{member['port']}/status"
+        return httpx.get(url, timeout=timeout_s).json()
+    except (httpx.HTTPError, ValueError, KeyError):
+        return {}
+
+
+def collect(cfg: Config, with_services: bool = False) -> dict[str, Any]:
+    redis_ = Resilient.from_config(cfg.redis)
+    if not redis_.ping():
+        raise ConnectionError(f"redis at {cfg.redis.url} is not reachable: {redis_.last_error}")
+    keys = Keys(cfg.run.name)
+    version = redis_.client.get(keys.policy_version)
+    members = {role: list_members(redis_, keys, role) for role in ROLES}
+    snap = {
+        "run": cfg.run.name,
+        "policy_version": int(version) if version is not None else None,
+        "members": members,
+        "streams": stream_depths(redis_, keys),
+    }
+    if with_services:
+        snap["statuses"] = {role: [fetch_status(m) for m in ms] for role, ms in members.items()}
+    return snap
+
+
+def member_rows(snap: dict[str, Any]) -> list[list[str]]:
+    """One row per live service: role, id, address, ready, version, progress, rate, notes."""
+    rows = []
+    for role in ROLES:
+        statuses = snap.get("statuses", {}).get(role, [])
+        for member, status in zip(snap["members"][role], statuses, strict=False):
+            counters = status.get("counters", {})
+            if role == "learner":
+                progress = f"step {status.get('step')}/{status.get('max_steps')}"
+                rate = f"reward {_fmt(status.get('reward_mean'))}"
+                notes = f"stale dropped {(status.get('resolved') or {}).get('stale', 0)}"
+            elif role == "generator":
+                progress = f"tasks {int(counters.get('tasks', 0))}"
+                rate = f"{status.get('tokens_per_s', 0)} tok/s"
+                notes = (
+                    status.get("sync", {}).get("last_error")
+                    or f"epoch {status.get('sync', {}).get('epoch')}"
+                )
+            else:
+                scored = counters.get("scored", {})
+                progress = f"scored {int(sum(scored.values()))}"
+                rate = f"inflight {status.get('inflight', 0)}"
+                notes = f"timeouts {counters.get('timeouts', 0)}"
+            version = status.get("policy_version", member.get("policy_version", "-"))
+            rows.append(
+                [
+                    role,
+                    str(member.get("id")),
+                    f"{member.get('host')}:{member.get('port')}",
+                    str(member.get("ready")),
+                    str(version),
+                    progress,
+                    rate,
+                    str(notes),
+                ]
+            )
+    return rows
+
+
+def print_status(cfg: Config) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    try:
+        snap = collect(cfg, with_services=True)
+    except ConnectionError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    dead = snap["streams"].get("deadletter", {}).get("length", 0)
+    console.print(
+        f"run [bold]{snap['run']}[/bold]  policy version {snap['policy_version']}  "
+        f"deadletter entries {dead}"
+    )
+    members = Table("role", "id", "address", "ready", "version", "progress", "rate", "notes")
+    for row in member_rows(snap):
+        members.add_row(*row)
+    console.print(members)
+    streams = Table("stream", "length", "not yet read", "read, unacked")
+    for name, depth in snap["streams"].items():
+        streams.add_row(name, *(str(depth.get(k, "")) for k in ("length", "lag", "pending")))
+    console.print(streams)
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+__all__ = ["collect", "fetch_status", "member_rows", "print_status"]

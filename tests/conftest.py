@@ -1,0 +1,83 @@
+"""Shared fixtures: a real Redis (the machine's, or an embedded one when none answers), a
+unique run name per test whose keys are deleted afterwards, and the tiny model built once."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+from common.config import RedisConfig, TinyModelConfig
+from common.embedded_redis import EmbeddedRedis, redis_reachable
+from common.transport import Keys, Resilient
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    url = os.environ.get("LUFFY_TEST_REDIS_URL", DEFAULT_URL)
+    if redis_reachable(url):
+        yield url
+        return
+    with EmbeddedRedis(tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
+
+
+@pytest.fixture
+def run_name() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def redis_cfg(redis_url: str) -> RedisConfig:
+    return RedisConfig(url=redis_url, block_ms=50, claim_idle_ms=300)
+
+
+@pytest.fixture
+def rclient(redis_url: str, run_name: str):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    for key in client.scan_iter(match=Keys(run_name).prefix.replace("{", "\\{") + "*"):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def resilient(redis_cfg: RedisConfig, rclient) -> Resilient:
+    return Resilient.from_config(redis_cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from common.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), TinyModelConfig(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same shape and tokenizer corpus as ``tiny_model_dir``, other weights (seed 1)."""
+    from common.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model-b"), TinyModelConfig(), seed=1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests run only where CUDA is available."""
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    if has_gpu:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,153 @@
+"""Chaos: SIGKILL generators, verifiers and the learner at seeded random times during a real
+`luffy up` training run; the supervisor restarts them (the learner from its checkpoint).
+
+Checked at the end, from what is durable (checkpoint meta, the ledger, Redis):
+- every task fed (the ids up to the final cursor) is trained exactly once in the final
+  lineage, or recorded as dropped with its reason, or still in flight at the stop;
+- nothing is trained twice (duplicates = 0), checkpoint steps and policy versions only grow;
+- the run ends at max_steps and the held-out reward rose.
+A report JSON with the counts is written next to the run and printed.
+"""
+
+import json
+import os
+import random
+import signal
+import time
+import uuid
+from collections import Counter
+
+import pytest
+
+from common.config import RedisConfig
+from common.membership import list_members
+from common.transport import Keys, Resilient
+from tests.integration.helpers import spawn
+
+SEED = 7
+KILLS = 10
+
+
+def fed_ids(cursor: dict, train_size: int) -> set[str]:
+    ids = {f"e{e}-{p}" for e in range(cursor["epoch"]) for p in range(train_size)}
+    return ids | {f"e{cursor['epoch']}-{p}" for p in range(cursor["position"])}
+
+
+def kill_something(rng: random.Random, resilient, keys, learner_kills: int) -> str | None:
+    roles = ["generator", "verifier"] + (["learner"] if learner_kills < 3 else [])
+    role = rng.choice(roles)
+    members = list_members(resilient, keys, role)
+    if not members:
+        return None
+    target = rng.choice(members)
+    try:
+        os.kill(int(target["pid"]), signal.SIGKILL)
+    except ProcessLookupError:
+        return None
+    return role
+
+
+@pytest.mark.slow
+def test_chaos_run_loses_and_duplicates_nothing(redis_url, tmp_path):
+    run = f"chaos-{uuid.uuid4().hex[:8]}"
+    task = tmp_path / "task"
+    steps = 100
+    up = spawn(
+        "-m",
+        "services.up",
+        "--config",
+        "configs/tiny-cpu.toml",
+        "--run.name",
+        run,
+        "--run.output_dir",
+        str(tmp_path),
+        "--redis.url",
+        redis_url,
+        "--model.path",
+        str(tmp_path / "model"),
+        "--learner.train_file",
+        str(task / "train.jsonl"),
+        "--learner.eval_file",
+        str(task / "eval.jsonl"),
+        "--learner.max_steps",
+        str(steps),
+        "--learner.checkpoint_every",
+        "5",
+        "--learner.eval_every",
+        "50",
+        "--learner.keep_last",
+        "2",
+        "--learner.group_timeout_s",
+        "120",
+        "--redis.claim_idle_ms",
+        "5000",
+        "--sync.timeout_s",
+        "30",
+    )
+    resilient = Resilient.from_config(RedisConfig(url=redis_url))
+    keys = Keys(run)
+    rng = random.Random(SEED)
+    kills: list[str] = []
+    try:
+        deadline = time.monotonic() + 1500
+        while not list_members(resilient, keys, "learner"):
+            assert up.poll() is None and time.monotonic() < deadline, "the stack did not start"
+            time.sleep(1)
+        while len(kills) < KILLS and up.poll() is None and time.monotonic() < deadline:
+            time.sleep(rng.uniform(10, 25))  # the chaos schedule itself, not a synchronisation
+            role = kill_something(rng, resilient, keys, kills.count("learner"))
+            if role:
+                kills.append(role)
+        out, _ = up.communicate(timeout=1500)
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            up.wait(300)
+    assert up.returncode == 0, out[-4000:]
+    assert len(kills) >= KILLS and "learner" in kills, kills
+
+    run_dir = tmp_path / run
+    checkpoints = sorted((run_dir / "checkpoints").glob("step_*"))
+    final = json.loads((checkpoints[-1] / "meta.json").read_text())
+    assert final["step"] == steps
+    ledgers = sorted((run_dir / "ledger").glob("step_*.json"))
+    ledger_steps = [int(p.stem.split("_")[1]) for p in ledgers]
+    assert ledger_steps == sorted(set(ledger_steps)) and ledger_steps[-1] == steps
+    outcomes: Counter = Counter()
+    seen: Counter = Counter()
+    for path in ledgers:
+        for outcome, ids in json.loads(path.read_text()).items():
+            outcomes[outcome] += len(ids)
+            seen.update(ids)
+    duplicates = sum(c - 1 for c in seen.values() if c > 1)
+    train_size = sum(1 for _ in (task / "train.jsonl").open())
+    fed = fed_ids(final["feeder"]["cursor"], train_size)
+    inflight = {f["task_id"] for f in final["feeder"]["inflight"]}
+    accounted = set(seen) | inflight
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    versions = [r["version"] for r in rows]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    done = {g: resilient.client.zcard(keys.done(g)) for g in ("generators", "verifiers", "learner")}
+    report = {
+        "kills": dict(Counter(kills)),
+        "fed": len(fed),
+        "generated_tasks": done["generators"],
+        "scored_samples": done["verifiers"],
+        "trained": outcomes.get("trained", 0),
+        "dropped": {k: v for k, v in outcomes.items() if k != "trained"},
+        "in_flight_at_stop": len(inflight),
+        "duplicates": duplicates,
+        "deadletter": resilient.client.xlen(keys.deadletter),
+        "unaccounted": len(fed - accounted),
+        "unexpected": len(accounted - fed),
+        "held_out": [(e["step"], e["reward_mean"]) for e in evals],
+    }
+    (tmp_path / "chaos_report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2))
+    assert duplicates == 0
+    assert fed - accounted == set() and accounted - fed == set()
+    assert not (set(seen) & inflight)
+    assert versions == sorted(versions), "policy version went backwards"
+    assert evals and evals[-1]["reward_mean"] > evals[0]["reward_mean"]
+    for key in resilient.client.scan_iter(match=keys.prefix + "*"):
+        resilient.client.delete(key)

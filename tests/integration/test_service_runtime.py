@@ -1,0 +1,58 @@
+import signal
+
+import httpx
+
+from common.membership import list_members
+from common.transport import Keys, StreamPublisher
+from tests.integration.helpers import spawn, wait_for
+
+
+def test_service_process_serves_rest_and_works_in_one_process(
+    redis_url, run_name, resilient, rclient, tmp_path
+):
+    keys = Keys(run_name)
+    child = spawn(
+        "-m",
+        "tests.integration.procs",
+        "relay",
+        "--redis.url",
+        redis_url,
+        "--run.name",
+        run_name,
+        "--run.output_dir",
+        str(tmp_path),
+        "--services.token",
+        "s3cret",
+        "--redis.block_ms",
+        "50",
+    )
+    try:
+        members = wait_for(lambda: list_members(resilient, keys, "relay"), 30, "registration")
+        (member,) = members
+        assert member["pid"] == child.pid and member["host"] == "127.0.0.1"
+        base = f"http://127.0.0.1:{member['port']}"
+        wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200, 10, "ready")
+        StreamPublisher(resilient, keys, "prompts").publish([("a", b"1"), ("b", b"2")])
+        wait_for(lambda: rclient.xlen(keys.stream("rollouts")) == 2, 10, "relayed entries")
+
+        status = httpx.get(f"{base}/status").json()
+        assert status["role"] == "relay" and status["pid"] == child.pid
+        assert status["counters"]["committed"] == 2
+        metrics = httpx.get(f"{base}/metrics").text
+        assert "luffy_relay_relayed_total 2.0" in metrics
+        assert "luffy_relay_redis_connected_ratio 1.0" in metrics
+
+        assert httpx.post(f"{base}/control/pause").status_code == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        assert httpx.post(f"{base}/control/pause", headers=auth).json()["paused"] is True
+        ready = httpx.get(f"{base}/readyz")
+        assert ready.status_code == 503 and ready.json()["reasons"] == ["paused"]
+        StreamPublisher(resilient, keys, "prompts").publish([("c", b"3")])
+        assert httpx.get(f"{base}/status").json()["paused"] is True
+        httpx.post(f"{base}/control/resume", headers=auth)
+        wait_for(lambda: rclient.xlen(keys.stream("rollouts")) == 3, 10, "relay after resume")
+        assert (tmp_path / run_name / "config.relay.json").is_file()
+    finally:
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(30) == 0
+    assert list_members(resilient, keys, "relay") == []  # deregistered on a clean stop

@@ -1,0 +1,96 @@
+"""Trainer runs for tests, one or two ranks (under torchrun).
+
+    python -m tests.integration.train_procs MODEL_DIR OUT.json STEPS [--save-at N] [--resume DIR]
+        [--nan-at N] [--ckpt-root DIR] [--keep-last K]
+
+Batches are a fixed function of the step number, so runs are comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import torch
+import torch.distributed as dist
+
+from common.config import load_config
+from learner.batch import Sample, TrainBatch
+from learner.train import Trainer
+
+
+def batch_for(step: int, nan: bool = False) -> TrainBatch:
+    rng = random.Random(step)
+    samples = []
+    for _g in range(3):
+        for i in range(8):
+            prompt = [rng.randrange(500) for _ in range(8)]
+            completion = [rng.randrange(500) for _ in range(rng.randint(4, 24))]
+            adv = float("nan") if nan else rng.choice([-1.0, -0.25, 0.5, 1.0])
+            samples.append(
+                Sample(
+                    prompt + completion, len(prompt), [-6.2] * len(completion), adv, i == 7, 1.0, 0
+                )
+            )
+    return TrainBatch(samples, 3)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("out")
+    p.add_argument("steps", type=int)
+    p.add_argument("--save-at", type=int, default=0)
+    p.add_argument("--resume", default="")
+    p.add_argument("--nan-at", type=int, default=0)
+    p.add_argument("--ckpt-root", default="")
+    p.add_argument("--keep-last", type=int, default=3)
+    a = p.parse_args()
+    cfg = load_config(
+        overrides=[
+            "--model.path",
+            a.model,
+            "--learner.lr",
+            "1e-3",
+            "--learner.micro_batch_tokens",
+            "200",
+            "--sync.backend",
+            "gloo",
+        ],
+        environ={},
+    )
+    trainer = Trainer(cfg)
+    if trainer.rank != 0:
+        trainer.follow()
+        return
+    results = {"losses": {}, "skipped": [], "checkpoints": []}
+    if a.resume:
+        trainer.run("load", a.resume)
+    while trainer.step < a.steps:
+        nan = trainer.step + 1 == a.nan_at
+        before = checksum_run(trainer) if nan else None
+        r = trainer.run("train_step", batch_for(trainer.step + 1, nan))
+        results["losses"][str(r.step)] = r.loss
+        if r.skipped:
+            results["skipped"].append(r.step)
+            results["untouched"] = checksum_run(trainer) == before
+        if a.save_at and r.step % a.save_at == 0:
+            path = trainer.run("save", a.ckpt_root, {"version": r.step}, a.keep_last, True)
+            results["checkpoints"].append(path)
+    results["checksum"] = checksum_run(trainer)
+    results["world"] = trainer.world
+    trainer.stop_followers()
+    with open(a.out, "w") as fh:
+        json.dump(results, fh)
+    dist.destroy_process_group()
+
+
+def checksum_run(trainer: Trainer) -> dict[str, float]:
+    full = trainer.run("full_state_dict")
+    return {k: float(v.double().abs().sum()) for k, v in full.items()}
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()

@@ -1,0 +1,99 @@
+import random
+
+import pytest
+
+from common.config import AlgorithmConfig
+from common.schemas import Rollout, ScoredRollout
+from learner.batch import GroupAssembler, build_batch
+
+
+def scored(task, sample, reward, version=0, off=False, n_tokens=3):
+    rollout = Rollout(
+        f"{task}/{'off' if off else ''}{sample}",
+        task,
+        sample,
+        [1, 2],
+        list(range(10, 10 + n_tokens)),
+        [0.0 if off else -1.0] * n_tokens,
+        "t",
+        "1",
+        version,
+        off_policy=off,
+    )
+    return ScoredRollout(rollout, reward, "ok" if reward else "wrong")
+
+
+def test_groups_complete_when_all_samples_are_scored_and_duplicates_are_ignored():
+    asm = GroupAssembler(timeout_s=60)
+    for i in range(3):
+        asm.add(scored("a", i, 0.0), (3, 1))
+    assert not asm.ready
+    asm.add(scored("a", 0, 0.0), (3, 1))  # re-delivered
+    asm.add(scored("a", 0, 1.0, off=True), (3, 1))
+    assert [g.task_id for g in asm.ready] == ["a"] and asm.duplicates == 1
+    asm.add(scored("a", 1, 0.0), (3, 1))  # late copy after completion
+    assert asm.duplicates == 2 and not asm.pending
+    assert [g.task_id for g in asm.take(5)] == ["a"] and not asm.ready
+
+
+def test_incomplete_groups_expire_and_are_counted():
+    asm = GroupAssembler(timeout_s=0.0)
+    asm.add(scored("b", 0, 1.0), (2, 0))
+    assert [g.task_id for g in asm.expire()] == ["b"]
+    assert asm.dropped["incomplete"] == 1 and not asm.pending
+
+
+def groups_of(*specs):
+    asm = GroupAssembler(60)
+    for task, rewards, version, trace in specs:
+        for i, r in enumerate(rewards):
+            asm.add(scored(task, i, r, version), (len(rewards), 1 if trace else 0))
+        if trace:
+            asm.add(scored(task, 0, 1.0, off=True), (len(rewards), 1))
+    return asm.take(10)
+
+
+def test_batch_advantages_include_the_trace_in_the_baseline():
+    # rewards 0,0,0 + trace 1: mean 0.25 -> on-policy -0.25, trace +0.75
+    batch, dropped = build_batch(
+        groups_of(("g", [0, 0, 0], 3, True)), 3, AlgorithmConfig(), random.Random(0)
+    )
+    assert not dropped and batch.groups == 1
+    adv = sorted((s.off_policy, round(s.advantage, 6)) for s in batch.samples)
+    assert adv == [(False, -0.25)] * 3 + [(True, 0.75)]
+    assert batch.stats["reward_mean"] == 0.25 and batch.stats["reward_off_mean"] == 1.0
+    trace = next(s for s in batch.samples if s.off_policy)
+    assert trace.input_ids == [1, 2, 10, 11, 12] and trace.prompt_len == 2 and trace.lag == 0
+
+
+def test_grpo_split_baseline_is_on_policy_only():
+    algo = AlgorithmConfig(advantage="grpo_split")
+    batch, _ = build_batch(groups_of(("g", [0, 1, 1], 0, True)), 0, algo, random.Random(0))
+    # on-policy mean 2/3: -0.666667, +0.333333 x2; trace 1 - 2/3 = 0.333333
+    assert sorted(round(s.advantage, 6) for s in batch.samples) == [
+        -0.666667,
+        0.333333,
+        0.333333,
+        0.333333,
+    ]
+
+
+@pytest.mark.parametrize(("stale", "kept", "dropped_n"), [("drop", 1, 1), ("correct", 2, 0)])
+def test_stale_groups_are_dropped_or_kept_for_correction(stale, kept, dropped_n):
+    algo = AlgorithmConfig(max_off_policy_steps=1, stale=stale)
+    groups = groups_of(("fresh", [1, 0], 5, False), ("old", [1, 0], 3, False))
+    batch, dropped = build_batch(groups, 5, algo, random.Random(0))
+    assert batch.groups == kept and len(dropped) == dropped_n
+    assert batch.stats["stale_dropped"] == dropped_n
+    if stale == "correct":
+        assert batch.stats["stale_corrected"] == 1 and batch.stats["lag_max"] == 2
+
+
+def test_prefix_ratio_keeps_a_leading_part_of_the_trace():
+    algo = AlgorithmConfig(prefix_ratio=(0.5, 0.5))
+    asm = GroupAssembler(60)
+    asm.add(scored("p", 0, 0.0), (1, 1))
+    asm.add(scored("p", 0, 1.0, off=True, n_tokens=10), (1, 1))
+    batch, _ = build_batch(asm.take(1), 0, algo, random.Random(0))
+    trace = next(s for s in batch.samples if s.off_policy)
+    assert trace.response_len == 5 and len(trace.behav_logprobs) == 5

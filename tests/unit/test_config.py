@@ -1,0 +1,122 @@
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from common.config import Config, ConfigError, iter_fields, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_luffy_paper():
+    cfg = load_config(environ={})
+    algo = cfg.algorithm
+    assert (algo.n_on, algo.n_off, algo.gamma, algo.clip, algo.entropy_coef) == (
+        7,
+        1,
+        0.1,
+        False,
+        0.001,
+    )
+    assert (algo.std_normalize, algo.loss_agg, algo.shaping) == (False, "token_sum_norm", True)
+    assert (cfg.learner.betas, cfg.learner.weight_decay, cfg.learner.grad_clip) == (
+        (0.9, 0.999),
+        0.01,
+        1.0,
+    )
+
+
+def test_precedence_file_then_env_then_cli(tmp_path):
+    path = write(tmp_path, '[learner]\nlr = 0.1\nmax_steps = 7\n[run]\nname = "fromfile"\n')
+    env = {"LUFFY_LEARNER__LR": "0.2", "LUFFY_RUN__NAME": "fromenv"}
+    cfg = load_config(path, ["--learner.lr", "0.3"], environ=env)
+    assert cfg.learner.lr == 0.3
+    assert cfg.learner.max_steps == 7
+    assert cfg.run.name == "fromenv"
+    assert load_config(path, environ=env).learner.lr == 0.2
+    assert load_config(path, environ={}).learner.lr == 0.1
+
+
+def test_cli_equals_form_json_lists_and_none():
+    cfg = load_config(
+        overrides=[
+            "--learner.betas=[0.8, 0.9]",
+            "--algorithm.prefix_ratio",
+            "[0.2, 0.8]",
+            "--learner.train_file",
+            "none",
+        ],
+        environ={},
+    )
+    assert cfg.learner.betas == (0.8, 0.9)
+    assert cfg.algorithm.prefix_ratio == (0.2, 0.8)
+    assert cfg.learner.train_file is None
+
+
+def test_config_path_from_env(tmp_path):
+    path = write(tmp_path, "[learner]\nmax_steps = 3\n")
+    assert load_config(environ={"LUFFY_CONFIG": str(path)}).learner.max_steps == 3
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("file", "unknown config key 'learner.lrr' (from file"),
+        ("env", "unknown config key 'learner.lrr' (from env LUFFY_LEARNER__LRR)"),
+        ("cli", "unknown config key 'learner.lrr' (from CLI --learner.lrr)"),
+    ],
+)
+def test_unknown_keys_are_named_with_their_source(tmp_path, kind, expected):
+    path = write(tmp_path, "[learner]\nlrr = 1\n") if kind == "file" else None
+    env = {"LUFFY_LEARNER__LRR": "1"} if kind == "env" else {}
+    cli = ["--learner.lrr", "1"] if kind == "cli" else []
+    with pytest.raises(ConfigError) as err:
+        load_config(path, cli, environ=env)
+    assert expected in str(err.value)
+    assert "did you mean 'learner.lr'" in str(err.value)
+
+
+def test_unknown_section_and_bad_values(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'lerner'"):
+        load_config(write(tmp_path, "[lerner]\nlr = 1\n"), environ={})
+    with pytest.raises(ConfigError, match=r"invalid value for 'learner.lr' \(from CLI"):
+        load_config(overrides=["--learner.lr", "-1"], environ={})
+    with pytest.raises(ConfigError, match=r"algorithm\.mode"):
+        load_config(overrides=["--algorithm.mode", "ppo"], environ={})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[learner\n"), environ={})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml", environ={})
+    with pytest.raises(ConfigError, match="has no value"):
+        load_config(overrides=["--learner.lr"], environ={})
+    with pytest.raises(ConfigError, match=r"--section\.key"):
+        load_config(overrides=["--lr", "1"], environ={})
+
+
+def test_every_field_is_documented():
+    undocumented = [name for name, field in iter_fields(Config) if not field.description]
+    assert undocumented == []
+    assert len(list(iter_fields(Config))) > 60
+
+
+def test_every_config_file_in_the_repo_parses():
+    files = sorted(REPO.glob("configs/**/*.toml")) + sorted(REPO.glob("deploy/**/*.toml"))
+    assert len(files) >= 2
+    for path in files:
+        load_config(path, environ={})
+
+
+def test_printed_config_round_trips(tmp_path):
+    cfg = load_config(overrides=["--learner.lr", "0.5", "--services.token", "s3cret"], environ={})
+    text = tomli_w.dumps(cfg.to_toml_dict())
+    assert "s3cret" not in text  # secrets are masked when printed or written
+    again = Config.model_validate(tomllib.loads(text))
+    assert again.learner == cfg.learner
+    assert again.algorithm == cfg.algorithm

@@ -1,0 +1,116 @@
+"""docker-compose.yml, Prometheus and Grafana files (no Docker engine here: the compose file is
+validated against the Compose Specification's schema and compared with the supervisor)."""
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from common.config import load_config
+from services.stack import ONESHOT, ROLES, service_command
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+LUFFY = {name: svc for name, svc in SERVICES.items() if svc.get("command", [""])[0] == "luffy"}
+LONG_RUNNING = {name: svc for name, svc in LUFFY.items() if not name.startswith("init")}
+
+
+def test_compose_file_is_valid_against_the_compose_spec():
+    schema = json.loads((REPO / "tests/data/compose-spec.json").read_text())
+    errors = [
+        f"{list(e.path)}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(COMPOSE)
+    ]
+    assert errors == []
+
+
+def test_every_service_runs_exactly_the_supervisors_command():
+    assert len(LONG_RUNNING) == 6 and set(LUFFY) - set(LONG_RUNNING) == {"init-cpu"}
+    for name, svc in LUFFY.items():
+        role, config = svc["command"][1], svc["command"][3]
+        assert role in (*ROLES, *ONESHOT) and name.startswith(role)
+        assert svc["command"] == service_command(role, config)
+        local = REPO / config.removeprefix("/app/")
+        assert local.is_file(), f"{name} reads {config}, which is not in the repo"
+        load_config(local, environ={})  # and it parses
+
+
+def test_scalable_services_have_no_fixed_names_or_host_ports():
+    for name in (
+        "generator",
+        "verifier",
+        "generator-cpu",
+        "verifier-cpu",
+        "learner",
+        "learner-cpu",
+    ):
+        assert "container_name" not in SERVICES[name]
+        assert "ports" not in SERVICES[name]
+
+
+def test_redis_keeps_an_append_only_file_and_has_a_healthcheck():
+    redis = SERVICES["redis"]
+    assert "--appendonly" in redis["command"] and "yes" in redis["command"]
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    for svc in LONG_RUNNING.values():
+        assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
+    for name in ("learner-cpu", "generator-cpu"):  # they need the model init-cpu writes
+        assert (
+            SERVICES[name]["depends_on"]["init-cpu"]["condition"]
+            == "service_completed_successfully"
+        )
+
+
+def test_gpu_services_reserve_gpus_and_profiles_split_the_stacks():
+    for name in ("learner", "generator"):
+        (device,) = SERVICES[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["capabilities"] == ["gpu"]
+    cpu = {n for n, s in SERVICES.items() if "cpu" in s.get("profiles", [])}
+    assert cpu == {
+        "redis",
+        "init-cpu",
+        "learner-cpu",
+        "generator-cpu",
+        "verifier-cpu",
+        "prometheus",
+        "grafana",
+    }
+    assert "deploy" not in SERVICES["generator-cpu"]
+
+
+@pytest.mark.parametrize("name", ["learner", "learner-cpu"])
+def test_the_learner_advertises_its_service_name_for_weight_sync(name):
+    assert SERVICES[name]["environment"]["LUFFY_SYNC__HOST"] == name
+
+
+def test_prometheus_discovers_every_service_by_dns_and_local_runs_by_file():
+    prom = yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())
+    (job,) = prom["scrape_configs"]
+    names = set(job["dns_sd_configs"][0]["names"])
+    assert names == set(LONG_RUNNING) and job["dns_sd_configs"][0]["port"] == 8000
+    assert job["file_sd_configs"][0]["files"] == ["../../runs/prometheus-targets/*.json"]
+
+
+def test_grafana_dashboard_has_the_panels_users_need():
+    dash = json.loads((REPO / "deploy/grafana/dashboards/luffy.json").read_text())
+    titles = " | ".join(p["title"].lower() for p in dash["panels"])
+    for topic in (
+        "reward",
+        "entropy",
+        "loss",
+        "tokens/s per generator",
+        "queue",
+        "policy lag",
+        "sync",
+        "verifier statuses",
+    ):
+        assert topic in titles, topic
+    provisioning = yaml.safe_load(
+        (REPO / "deploy/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
+    uid = provisioning["datasources"][0]["uid"]
+    for panel in dash["panels"]:
+        assert panel["datasource"]["uid"] == uid and panel["targets"]

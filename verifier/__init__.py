@@ -1,0 +1,1 @@
+"""luffy-async verifier package."""

@@ -1,0 +1,148 @@
+"""Reward functions: pure ``(response, gold, think_tags) -> Verdict``, chosen by name.
+
+``math`` is LUFFY's rule: with think templates the response must contain ``</think>`` and the
+answer is the text after it; reward 1 iff ``verify(parse("$" + gold + "$"), parse(answer))``.
+Every outcome has a status (``ok``, ``wrong``, ``unparsable``, ``no_think_tag``, ``error``;
+the pool adds ``timeout``) so a failure is never silently a plain 0.
+
+math-verify's own signal-based timeouts are disabled here: the scoring pool enforces the hard
+limit from outside (see ``verifier.pool``), which works in any thread and reports ``timeout``
+instead of quietly returning "wrong".
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+THINK_CLOSE = "</think>"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    reward: float
+    status: str
+    extracted: str = ""
+    detail: str = ""
+
+
+class RewardFn(Protocol):
+    def __call__(self, response: str, gold: str, think_tags: bool) -> Verdict: ...
+
+
+def answer_part(response: str, think_tags: bool) -> str | None:
+    """The text that is judged: after the last ``</think>`` (None if the tag is required and
+    missing)."""
+    if not think_tags:
+        return response
+    _, sep, tail = response.rpartition(THINK_CLOSE)
+    return tail if sep else None
+
+
+def _quiet_math_verify() -> None:
+    # math-verify logs every unparsable input at WARNING; statuses carry that information
+    for name in (
+        "math_verify",
+        "math_verify.parser",
+        "math_verify.grader",
+        "latex2sympy2_extended",
+    ):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def math_reward(response: str, gold: str, think_tags: bool = True) -> Verdict:
+    from math_verify import parse, verify
+
+    _quiet_math_verify()
+    answer = answer_part(response, think_tags)
+    if answer is None:
+        return Verdict(0.0, "no_think_tag", "", f"response has no {THINK_CLOSE}")
+    try:
+        gold_parsed = parse("$" + gold + "$", parsing_timeout=None, raise_on_error=True)
+        if all(isinstance(g, str) for g in gold_parsed):  # only the raw-string fallback
+            return Verdict(0.0, "error", "", f"gold answer {gold[:80]!r} does not parse")
+        predicted = parse(answer, parsing_timeout=None, raise_on_error=True)
+        if not predicted:
+            return Verdict(0.0, "unparsable", "", "no answer found in the response")
+        correct = verify(gold_parsed, predicted, timeout_seconds=None, raise_on_error=True)
+    except Exception as exc:  # sympy/antlr raise many types on hostile input
+        return Verdict(0.0, "error", "", f"{type(exc).__name__}: {str(exc)[:200]}")
+    extracted = str(predicted[-1])[:500]
+    return Verdict(1.0 if correct else 0.0, "ok" if correct else "wrong", extracted)
+
+
+def _strip_boxed(text: str) -> str:
+    text = text.strip()
+    start = text.rfind("\\boxed{")
+    if start >= 0 and text.endswith("}"):
+        return text[start + len("\\boxed{") : -1].strip()
+    return text
+
+
+def exact_reward(response: str, gold: str, think_tags: bool = True) -> Verdict:
+    """Plain string match of the (boxed) answer after ``</think>``: for tests and toy tasks."""
+    answer = answer_part(response, think_tags)
+    if answer is None:
+        return Verdict(0.0, "no_think_tag", "", f"response has no {THINK_CLOSE}")
+    extracted = _strip_boxed(answer.strip().rstrip("."))
+    if not extracted:
+        return Verdict(0.0, "unparsable", "", "empty answer")
+    correct = extracted == gold.strip()
+    return Verdict(1.0 if correct else 0.0, "ok" if correct else "wrong", extracted[:500])
+
+
+_CHOICE_PATTERNS = [
+    re.compile(r"\\boxed\{\s*\(?([A-J])\)?\s*\}"),
+    re.compile(r"answer is[:\s]*\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE),
+    re.compile(r"answer[:\s]+\(?([A-J])\)?(?![A-Za-z])", re.IGNORECASE),
+    re.compile(r"^\s*\(?([A-J])\)?[.)]?\s*$"),
+]
+
+
+def choice_reward(response: str, gold: str, think_tags: bool = True) -> Verdict:
+    """Multiple choice (ARC-c, GPQA, MMLU-Pro): the last letter A-J given as ``\\boxed{C}``,
+    "the answer is (C)", "Answer: C" or a lone letter, compared with the gold letter."""
+    answer = answer_part(response, think_tags)
+    if answer is None:
+        return Verdict(0.0, "no_think_tag", "", f"response has no {THINK_CLOSE}")
+    gold_letter = gold.strip().strip("()").upper()
+    if len(gold_letter) != 1 or not "A" <= gold_letter <= "J":
+        return Verdict(0.0, "error", "", f"gold {gold[:20]!r} is not a choice letter A-J")
+    for pattern in _CHOICE_PATTERNS:
+        found = pattern.findall(answer)
+        if found:
+            letter = found[-1].upper()
+            ok = letter == gold_letter
+            return Verdict(1.0 if ok else 0.0, "ok" if ok else "wrong", letter)
+    return Verdict(0.0, "unparsable", "", "no choice letter found")
+
+
+REWARDS: dict[str, RewardFn] = {"math": math_reward, "exact": exact_reward, "choice": choice_reward}
+CHOICE_SOURCES = ("arc", "gpqa", "mmlu")
+
+
+def reward_for_source(data_source: str, default: str = "math") -> str:
+    """LUFFY's out-of-distribution benchmarks (ARC-c, GPQA-diamond, MMLU-Pro) are multiple
+    choice; everything else uses ``default``."""
+    source = data_source.lower()
+    return "choice" if any(tag in source for tag in CHOICE_SOURCES) else default
+
+
+def make_reward(name: str) -> RewardFn:
+    try:
+        return REWARDS[name]
+    except KeyError:
+        raise ValueError(f"unknown reward function {name!r}; known: {sorted(REWARDS)}") from None
+
+
+__all__ = [
+    "REWARDS",
+    "RewardFn",
+    "Verdict",
+    "answer_part",
+    "exact_reward",
+    "make_reward",
+    "math_reward",
+]
