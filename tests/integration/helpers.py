@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,30 +15,59 @@ REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
-def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """A child python process in the repo root, stdout piped (text)."""
-    return subprocess.Popen(
-        [sys.executable, *args],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+class Child(subprocess.Popen):
+    """A child whose combined output is drained by a thread as it comes, so a chatty child
+    never blocks on a full pipe while the test is busy elsewhere."""
+
+    def __init__(self, args: list[str], env: dict[str, str]):
+        super().__init__(
+            args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        for line in self.stdout:
+            with self._cond:
+                self.lines.append(line)
+                self._cond.notify_all()
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def next_line(self, index: int, deadline: float) -> str | None:
+        """Line number ``index`` once printed; None at end of output or past the deadline."""
+        with self._cond:
+            while len(self.lines) <= index and not getattr(self, "_eof", False):
+                if not self._cond.wait(timeout=max(0.0, deadline - time.monotonic())):
+                    return None
+            return self.lines[index] if index < len(self.lines) else None
+
+    def output(self, timeout: float = 600) -> str:
+        """Everything the child printed, after waiting for it to exit."""
+        self.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        return "".join(self.lines)
+
+
+def spawn(*args: str, env: dict[str, str] | None = None) -> Child:
+    """A child python process in the repo root, its output drained into ``child.lines``."""
+    return Child(
+        [sys.executable, *args], env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     )
 
 
-def wait_line(proc: subprocess.Popen, prefix: str, timeout_s: float = 60) -> str:
-    """Read the child's output until a line starts with ``prefix`` (the child's own signal)."""
+def wait_line(proc: Child, prefix: str, timeout_s: float = 60) -> str:
+    """Wait until the child prints a line starting with ``prefix`` (the child's own signal)."""
     deadline = time.monotonic() + timeout_s
-    seen = []
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen.append(line)
+    index = 0
+    while (line := proc.next_line(index, deadline)) is not None:
         if line.startswith(prefix):
             return line.strip()
-    raise AssertionError(f"child never printed {prefix!r}; output:\n{''.join(seen)[-4000:]}")
+        index += 1
+    raise AssertionError(f"child never printed {prefix!r}; output:\n{''.join(proc.lines)[-4000:]}")
 
 
 def wait_for(check: Callable[[], T], timeout_s: float = 30, what: str = "condition") -> T:

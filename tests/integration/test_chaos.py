@@ -98,7 +98,7 @@ def test_chaos_run_loses_and_duplicates_nothing(redis_url, tmp_path):
             role = kill_something(rng, resilient, keys, kills.count("learner"))
             if role:
                 kills.append(role)
-        out, _ = up.communicate(timeout=1500)
+        out = up.output(timeout=1500)
     finally:
         if up.poll() is None:
             up.send_signal(signal.SIGINT)

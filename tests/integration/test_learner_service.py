@@ -157,7 +157,7 @@ def test_learner_trains_syncs_checkpoints_and_resumes(
     args = learner_args(redis_url, run_name, tmp_path, tiny_model_dir, data)
     try:
         first = spawn("-m", "services.learner", *args, "--learner.max_steps", "4")
-        out, _ = first.communicate(timeout=400)
+        out = first.output(timeout=400)
         assert first.returncode == 0, out[-3000:]
         ckpts = list_checkpoints(str(tmp_path / run_name / "checkpoints"))
         assert [c.rsplit("_", 1)[1] for c in ckpts] == ["00000002", "00000004"]
@@ -186,7 +186,7 @@ def test_learner_trains_syncs_checkpoints_and_resumes(
         assert httpx.post(control).status_code == 401
         asked = httpx.post(control, headers={"Authorization": "Bearer tok"}).json()
         assert asked["checkpoint"] == "requested"
-        out, _ = second.communicate(timeout=400)
+        out = second.output(timeout=400)
         assert second.returncode == 0, out[-3000:]
     finally:
         stop(gen, ver)
@@ -222,7 +222,7 @@ def test_two_rank_learner_under_torchrun(redis_url, run_name, resilient, tmp_pat
             "--learner.nproc",
             "2",
         )
-        out, _ = proc.communicate(timeout=400)
+        out = proc.output(timeout=400)
     finally:
         stop(gen, ver)
     assert proc.returncode == 0, out[-3000:]

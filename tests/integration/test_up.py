@@ -174,7 +174,7 @@ def test_luffy_up_runs_restarts_is_scraped_and_stops_cleanly(redis_url, tmp_path
             prom.terminate()
             prom.wait(30)
         up.send_signal(signal.SIGINT)  # Ctrl-C
-        output, _ = up.communicate(timeout=300)
+        output = up.output(timeout=300)
     assert up.returncode == 0, output[-4000:]
     assert "verifier-0 exited with -9; restart 1" in output
     run_dir = out_dir / run
@@ -220,7 +220,7 @@ def test_luffy_up_with_an_unreachable_loopback_redis_embeds_one(tmp_path, tiny_m
         "--generator.max_new_tokens",
         "8",
     )
-    out, _ = proc.communicate(timeout=400)
+    out = proc.output(timeout=400)
     assert proc.returncode == 0, out[-3000:]
     match = re.search(r"embedded redis \(pid (\d+)\) at (\S+), data in (\S+)", out)
     assert match, out[-3000:]
