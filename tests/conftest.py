@@ -15,12 +15,13 @@ from common.embedded_redis import EmbeddedRedis, redis_reachable
 from common.transport import Keys, Resilient
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
+# Popped, not read: children inherit os.environ and the config loader rejects unknown LUFFY_*.
+TEST_REDIS_URL = os.environ.pop("LUFFY_TEST_REDIS_URL", None) or "redis://127.0.0.1:6379/0"
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory):
-    url = os.environ.get("LUFFY_TEST_REDIS_URL", DEFAULT_URL)
+    url = TEST_REDIS_URL
     if redis_reachable(url):
         yield url
         return

@@ -1,4 +1,4 @@
-"""Soak: the CPU stack under `luffy up` for 10 minutes (LUFFY_SOAK_S to change) with bounded
+"""Soak: the CPU stack under `luffy up` for 10 minutes (SOAK_SECONDS to change) with bounded
 memory.
 
 Sampled every 20 s after a warm-up (engines built, first checkpoint written): the RSS of every
@@ -29,7 +29,7 @@ from common.membership import list_members
 from common.transport import Keys, Resilient
 from tests.integration.helpers import spawn, wait_for
 
-SOAK_S = float(os.environ.get("LUFFY_SOAK_S", "600"))
+SOAK_S = float(os.environ.get("SOAK_SECONDS", "600"))
 SAMPLE_EVERY_S = 20
 WARMUP_S = 90
 STREAMS = ("prompts", "rollouts", "scored")
@@ -75,6 +75,11 @@ def take_sample(up_pid: int, resilient: Resilient, keys: Keys, t0: float) -> dic
     }
 
 
+def alive(up) -> bool:
+    assert up.poll() is None, f"luffy up exited early:\n{''.join(up.lines)[-4000:]}"
+    return True
+
+
 def third_means(samples: list[dict], get) -> tuple[float, float]:
     k = max(1, len(samples) // 3)
     return statistics.mean(map(get, samples[:k])), statistics.mean(map(get, samples[-k:]))
@@ -117,11 +122,11 @@ def test_soak_memory_and_streams_stay_bounded(redis_url, tmp_path):
     keys = Keys(run)
     samples: list[dict] = []
     try:
-        learner = wait_for(lambda: list_members(resilient, keys, "learner"), 300, "the learner")
-        wait_for(lambda: (tmp_path / run / "checkpoints").exists(), 300, "a first checkpoint")
+        learner = wait_for(lambda: alive(up) and list_members(resilient, keys, "learner"), 300)
+        wait_for(lambda: alive(up) and (tmp_path / run / "checkpoints").exists(), 300)
         t0 = time.monotonic()
         while time.monotonic() - t0 < SOAK_S:
-            assert up.poll() is None, up.output()[-4000:]
+            alive(up)
             if time.monotonic() - t0 >= WARMUP_S:
                 samples.append(take_sample(up.pid, resilient, keys, t0))
             time.sleep(SAMPLE_EVERY_S)  # the sampling period, not a synchronisation
