@@ -124,6 +124,10 @@ class GeneratorConfig(_Section):
     """Sampling temperature of on-policy rollouts."""
     top_p: float = Field(default=1.0, gt=0, le=1)
     """Nucleus sampling threshold."""
+    threads: int = Field(default=0, ge=0)
+    """CPU threads for this process's torch/OpenMP work (0 = torch's default: every core). On
+    a shared CPU machine keep the sum over the stack's processes at most the core count: idle
+    OpenMP threads spin, and oversubscribed processes slowed each other ~4x in bench/pipeline."""
     max_batch_tasks: int = Field(default=16, ge=1)
     """Tasks (prompts) taken from the stream per engine call."""
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
@@ -193,6 +197,10 @@ class LearnerConfig(_Section):
     """Token budget per forward/backward micro-batch."""
     nproc: int = Field(default=1, ge=1)
     """Learner ranks (torchrun processes, FSDP2)."""
+    threads: int = Field(default=0, ge=0)
+    """CPU threads for this process's torch/OpenMP work (0 = torch's default: every core). On
+    a shared CPU machine keep the sum over the stack's processes at most the core count: idle
+    OpenMP threads spin, and oversubscribed processes slowed each other ~4x in bench/pipeline."""
     bf16: bool = False
     """bf16 mixed precision (GPU)."""
     activation_checkpointing: bool = False

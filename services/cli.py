@@ -74,6 +74,18 @@ def load_worker(role: str) -> Any:
     return getattr(module, factory)
 
 
+def limit_threads(threads: int) -> None:
+    """Cap torch/OpenMP threads before the engine or trainer exists (vLLM's CPU worker blocks
+    ``torch.set_num_threads`` once it has bound its threads)."""
+    if threads <= 0:
+        return
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def run_role(
     role: str, ctx: typer.Context, config: Path | None, print_config: bool, extra: list[str] = ()
 ) -> None:
@@ -81,6 +93,7 @@ def run_role(
     if print_config:
         typer.echo(config_toml(cfg), nl=False)
         return
+    limit_threads(getattr(getattr(cfg, role), "threads", 0))
     worker_cls = load_worker(role)
     from services.runtime import ServiceRuntime, default_member_id
 
@@ -125,6 +138,7 @@ def learner(
         from learner.service import follow
 
         setup_logging(cfg.run.log_level, "learner", f"rank{os.environ['RANK']}")
+        limit_threads(cfg.learner.threads)
         raise typer.Exit(follow(cfg))
     run_role("learner", ctx, config, False, extra)
 
