@@ -9,6 +9,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
+
+# bench/verifier.py would shadow the repo's verifier package (run as a script, bench/ is first)
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def main() -> None:
