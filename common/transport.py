@@ -668,6 +668,20 @@ class StreamConsumer(Generic[T]):
 # --------------------------------------------------------------------------- maintenance
 
 
+def run_state_summary(redis_: Resilient, keys: Keys) -> str | None:
+    """What Redis already holds for this run (ids processed, streams), or None when nothing:
+    a fresh learner must not start over on top of it, since every id it would feed again is
+    already marked done and would be skipped."""
+    client = redis_.client
+    done = sum(
+        redis_.call(client.zcard, keys.done(g)) for g in ("generators", "verifiers", "learner")
+    )
+    version = int(redis_.call(client.get, keys.policy_version) or 0)
+    if not done and not version:
+        return None
+    return f"policy version {version}, {done} processed ids under {keys.prefix}*"
+
+
 def trim_acked(redis_: Resilient, keys: Keys, name: str) -> int:
     """Trim ``name`` below the oldest entry some group has not acked; returns entries removed."""
     script = redis_.client.register_script(_SAFE_TRIM_LUA)
@@ -712,6 +726,7 @@ __all__ = [
     "StreamPublisher",
     "connect",
     "ensure_group",
+    "run_state_summary",
     "stream_depths",
     "trim_acked",
 ]

@@ -124,11 +124,20 @@ class VllmEngine:
                 max_tokens=r.max_new_tokens,
                 logprobs=0,
                 seed=r.seed,
+                # vLLM's incremental detokenizer also decodes every log-prob token: ~10% of
+                # the generator's time on the tiny model; one batch decode at the end is cheaper
+                detokenize=False,
             )
             for r in requests
         ]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [[_vllm_sample(c) for c in out.outputs] for out in outputs]
+        completions = [c for out in outputs for c in out.outputs]
+        texts = iter(
+            self.tokenizer.batch_decode(
+                [list(c.token_ids) for c in completions], skip_special_tokens=True
+            )
+        )
+        return [[_vllm_sample(c, next(texts)) for c in out.outputs] for out in outputs]
 
     def sync_ranks(self) -> int:
         return self.workers
@@ -145,15 +154,13 @@ class VllmEngine:
         self.llm = None
 
 
-def _vllm_sample(completion: Any) -> Sample:
+def _vllm_sample(completion: Any, text: str) -> Sample:
     ids = list(completion.token_ids)
     logprobs = [
         float(step[tok].logprob) for tok, step in zip(ids, completion.logprobs, strict=True)
     ]
     reason = completion.finish_reason or "abort"
-    return Sample(
-        ids, logprobs, reason if reason in ("stop", "length") else "abort", completion.text
-    )
+    return Sample(ids, logprobs, reason if reason in ("stop", "length") else "abort", text)
 
 
 # --------------------------------------------------------------------------- transformers

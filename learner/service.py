@@ -30,6 +30,7 @@ from common.transport import (
     Delivery,
     StreamConsumer,
     StreamPublisher,
+    run_state_summary,
     stream_depths,
     trim_acked,
 )
@@ -45,6 +46,10 @@ from services.runtime import ServiceContext
 log = logging.getLogger(__name__)
 LEARNER_CONSUMER = "learner"
 TRIM_EVERY_S = 30.0
+
+
+class RunExists(RuntimeError):
+    """A fresh learner was started on a run name that already has checkpoints or state."""
 
 
 class LearnerWorker:
@@ -134,6 +139,8 @@ class LearnerWorker:
         """Resume from the newest checkpoint if asked; versions never go backwards."""
         current = self.board.policy_version()
         checkpoints = list_checkpoints(self.ckpt_root)
+        if not self.lc.resume:
+            self._refuse_to_start_over(checkpoints)
         if self.lc.resume and checkpoints:
             meta = self.trainer.run("load", checkpoints[-1])
             self.feeder.load_state(meta["feeder"])
@@ -148,6 +155,25 @@ class LearnerWorker:
             # generators may hold newer weights than ours: push ours under a new version
             self.version = max(self.version, current)
             self._sync()
+
+    def _refuse_to_start_over(self, checkpoints: list) -> None:
+        """A fresh start on top of an earlier run of the same name would stall (its ids are
+        already done downstream) or mix checkpoints: say so instead."""
+        run = self.cfg.run.name
+        if checkpoints:
+            raise RunExists(
+                f"run {run!r} already has checkpoints in {self.ckpt_root} (newest "
+                f"{checkpoints[-1]}): continue it with --learner.resume true (luffy up does), "
+                "or start a new run with another --run.name"
+            )
+        state = run_state_summary(self.ctx.redis, self.ctx.keys)
+        if state:
+            raise RunExists(
+                f"run {run!r} has no checkpoint in {self.ckpt_root} but Redis already holds "
+                f"its state ({state}): start a new run with another --run.name, or delete "
+                f"those keys first (redis-cli --scan --pattern '{self.ctx.keys.prefix}*' | "
+                "xargs redis-cli del)"
+            )
 
     def _metrics(self, ctx: ServiceContext) -> None:
         m = ctx.metrics

@@ -200,6 +200,12 @@ def run_up(cfg: Config, config_path: str | None = None, overrides: list[str] = (
         return 2
     log.info("redis at %s%s", url, " (embedded)" if server else "")
     supervisor = Supervisor(cfg, config_file, list(overrides), url)
+    refusal = continue_or_refuse(cfg, url, supervisor)
+    if refusal:
+        log.error("%s", refusal)
+        if server:
+            server.stop()
+        return 2
     log.info("preparing the model and data (luffy init)")
     if run_init(config_file, supervisor.env, run_dir / "logs" / "init.log") != 0:
         log.error("luffy init failed; see %s", run_dir / "logs" / "init.log")
@@ -232,6 +238,31 @@ def run_up(cfg: Config, config_path: str | None = None, overrides: list[str] = (
         if server:
             server.stop()
             log.info("embedded redis stopped")
+
+
+def continue_or_refuse(cfg: Config, url: str, supervisor: Supervisor) -> str | None:
+    """A run folder with checkpoints is continued (the learner starts with resume); a run
+    name whose state is in Redis without any checkpoint cannot be continued: refuse, naming
+    it, rather than start a learner that would stall on ids already marked done."""
+    from common.transport import Keys, Resilient, run_state_summary
+
+    checkpoints = sorted((cfg.run.run_dir / "checkpoints").glob("step_*/meta.json"))
+    if checkpoints:
+        log.info("continuing run %r from %s", cfg.run.name, checkpoints[-1].parent)
+        for child in supervisor.children:
+            if child.role == "learner":
+                child.env = {**child.env, "LUFFY_LEARNER__RESUME": "true"}
+        return None
+    redis_ = Resilient.from_config(cfg.redis.model_copy(update={"url": url}))
+    state = run_state_summary(redis_, Keys(cfg.run.name))
+    if state is None:
+        return None
+    return (
+        f"run {cfg.run.name!r} has no checkpoint in {cfg.run.run_dir / 'checkpoints'} but Redis "
+        f"at {url} already holds its state ({state}): start a new run with another "
+        f"--run.name, or delete those keys first (redis-cli --scan --pattern "
+        f"'{Keys(cfg.run.name).prefix}*' | xargs redis-cli del)"
+    )
 
 
 def _config_for_children(cfg: Config, config_path: str | None, run_dir: Path) -> str:

@@ -230,3 +230,24 @@ def test_two_rank_learner_under_torchrun(redis_url, run_name, resilient, tmp_pat
         (tmp_path / run_name / "checkpoints" / "step_00000002" / "meta.json").read_text()
     )
     assert meta["world"] == 2 and meta["step"] == 2
+
+
+def test_a_fresh_learner_refuses_to_start_over_an_earlier_run(
+    redis_url, run_name, rclient, tmp_path, tiny_model_dir
+):
+    """Same run name, no checkpoint, but Redis already marks ids done: starting over would
+    stall on them, so the learner exits naming the run and the way out."""
+    data = write_task(tmp_path / "train.jsonl")
+    rclient.zadd(Keys(run_name).done("generators"), {"e0-0": 1.0})
+    args = learner_args(redis_url, run_name, tmp_path, tiny_model_dir, data)
+    proc = spawn("-m", "services.learner", *args, "--learner.max_steps", "2")
+    out = proc.output(timeout=300)
+    assert proc.returncode == 1, out[-3000:]
+    assert f"run {run_name!r} has no checkpoint" in out and "1 processed ids" in out
+
+    (tmp_path / run_name / "checkpoints" / "step_00000002").mkdir(parents=True)
+    (tmp_path / run_name / "checkpoints" / "step_00000002" / "meta.json").write_text("{}")
+    proc = spawn("-m", "services.learner", *args, "--learner.max_steps", "2")
+    out = proc.output(timeout=300)
+    assert proc.returncode == 1, out[-3000:]
+    assert "already has checkpoints" in out and "--learner.resume true" in out

@@ -229,3 +229,31 @@ def test_luffy_up_with_an_unreachable_loopback_redis_embeds_one(tmp_path, tiny_m
     with pytest.raises(ProcessLookupError):
         os.kill(int(match[1]), 0)
     assert (data / "train.jsonl").exists()  # luffy init wrote the synthetic task
+
+
+def test_luffy_up_continues_a_checkpointed_run_and_refuses_a_stale_one(redis_url, tmp_path):
+    from common.config import load_config
+    from services.up import Supervisor, continue_or_refuse
+
+    run = f"up-{uuid.uuid4().hex[:8]}"
+    cfg = load_config(
+        overrides=["--run.name", run, "--run.output_dir", str(tmp_path), "--redis.url", redis_url],
+        environ={},
+    )
+    supervisor = Supervisor(cfg, "configs/tiny-cpu.toml", [], redis_url)
+    learner = next(c for c in supervisor.children if c.role == "learner")
+    resilient = Resilient.from_config(RedisConfig(url=redis_url))
+    try:
+        assert continue_or_refuse(cfg, redis_url, supervisor) is None  # a new run
+        assert "LUFFY_LEARNER__RESUME" not in learner.env
+        resilient.client.set(Keys(run).policy_version, 7)
+        refusal = continue_or_refuse(cfg, redis_url, supervisor)
+        assert refusal and f"run {run!r} has no checkpoint" in refusal
+        assert "policy version 7" in refusal and "--run.name" in refusal
+        (tmp_path / run / "checkpoints" / "step_00000003").mkdir(parents=True)
+        (tmp_path / run / "checkpoints" / "step_00000003" / "meta.json").write_text("{}")
+        assert continue_or_refuse(cfg, redis_url, supervisor) is None
+        assert learner.env["LUFFY_LEARNER__RESUME"] == "true"
+    finally:
+        for key in resilient.client.scan_iter(match=Keys(run).prefix + "*"):
+            resilient.client.delete(key)
