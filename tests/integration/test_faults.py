@@ -276,8 +276,13 @@ def test_poison_of_every_kind_ends_in_deadletter_and_the_run_goes_on(
         for stream, fields in poison:
             rclient.xadd(stream, fields)
         step = learner_status(port)["step"]
+
+        def dead_reasons():
+            found = [f[b"reason"].decode() for _, f in rclient.xrange(keys.deadletter)]
+            return found if len(found) >= 5 else None
+
+        reasons = wait_for(dead_reasons, 180, "the five poison entries in deadletter")
         wait_for(lambda: learner_status(port).get("step", 0) >= step + 2, 180, "training to go on")
-        reasons = [f[b"reason"].decode() for _, f in rclient.xrange(keys.deadletter)]
         status = learner_status(port)
     finally:
         stop(*procs)
