@@ -58,7 +58,7 @@ def main() -> None:
         learning_rate=1e-3,
         beta=0.0,
         temperature=1.0,
-        logging_steps=1000,
+        logging_steps=1,
         save_strategy="no",
         report_to="none",
         use_cpu=True,
@@ -79,6 +79,11 @@ def main() -> None:
     start = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - start
+    lengths = [
+        h["completions/mean_length"]
+        for h in trainer.state.log_history
+        if "completions/mean_length" in h
+    ]
     steady = Clock.last - Clock.first  # steps 2..N: start-up and the first step excluded
     print(
         json.dumps(
@@ -89,6 +94,7 @@ def main() -> None:
                 "steady_s": steady,
                 "samples_per_s": (steps - 1) * prompts * group / steady,
                 "torch_threads": torch.get_num_threads(),
+                "completion_len_mean": sum(lengths) / max(1, len(lengths)),
             }
         )
     )
