@@ -2,7 +2,7 @@
 (``max_off_policy_steps`` = 1 and 2) vs synchronous (0), same config otherwise, same run.
 Prints JSON.
 
-    .venv/bin/python bench/pipeline.py [--steps 40] [--out runs/bench-pipeline]
+    .venv/bin/python bench/pipeline.py [--steps 40] [--out runs/bench-pipeline] [--config FILE]
 
 Per mode: on-policy samples trained per second and response tokens trained per second over
 the steady part of the run (from the first to the last step), the learner's idle fraction
@@ -58,7 +58,7 @@ def drop_run_keys(redis_url: str, run: str) -> None:
         client.delete(key)
 
 
-def run_mode(lag: int, threads: int, steps: int, out: Path, redis_url: str) -> dict:
+def run_mode(lag: int, threads: int, steps: int, out: Path, redis_url: str, config: str) -> dict:
     from services.plot import read_metrics
 
     run = f"pipe-lag{lag}-t{threads}-{int(time.time())}"
@@ -67,7 +67,7 @@ def run_mode(lag: int, threads: int, steps: int, out: Path, redis_url: str) -> d
         "-m",
         "services.up",
         "--config",
-        "configs/tiny-cpu.toml",
+        config,
         "--run.name",
         run,
         "--run.output_dir",
@@ -124,11 +124,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--out", default="runs/bench-pipeline")
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--config", default="configs/tiny-cpu.toml", help="the stack's config")
     args = parser.parse_args()
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     plan = {"sync_all_threads": (0, 0), "sync": (0, 1), "async1": (1, 1), "async2": (2, 1)}
-    modes = {name: run_mode(lag, t, args.steps, out, args.url) for name, (lag, t) in plan.items()}
+    modes = {
+        name: run_mode(lag, t, args.steps, out, args.url, args.config)
+        for name, (lag, t) in plan.items()
+    }
     # the baseline is the faster synchronous setting: alternating phases may use every core
     sync = max(modes["sync_all_threads"]["samples_per_s"], modes["sync"]["samples_per_s"])
     report = {
