@@ -41,6 +41,14 @@ def answer_part(response: str, think_tags: bool) -> str | None:
     return tail if sep else None
 
 
+def missing_think_tag(response: str, think_tags: bool) -> Verdict | None:
+    """The verdict of every reward function for a response without the required closing tag
+    (None when the response is to be judged): cheap enough to decide without a worker."""
+    if think_tags and THINK_CLOSE not in response:
+        return Verdict(0.0, "no_think_tag", "", f"response has no {THINK_CLOSE}")
+    return None
+
+
 def _quiet_math_verify() -> None:
     # math-verify logs every unparsable input at WARNING; statuses carry that information
     for name in (
@@ -56,9 +64,9 @@ def math_reward(response: str, gold: str, think_tags: bool = True) -> Verdict:
     from math_verify import parse, verify
 
     _quiet_math_verify()
+    if (verdict := missing_think_tag(response, think_tags)) is not None:
+        return verdict
     answer = answer_part(response, think_tags)
-    if answer is None:
-        return Verdict(0.0, "no_think_tag", "", f"response has no {THINK_CLOSE}")
     try:
         gold_parsed = parse("$" + gold + "$", parsing_timeout=None, raise_on_error=True)
         if all(isinstance(g, str) for g in gold_parsed):  # only the raw-string fallback
@@ -83,9 +91,9 @@ def _strip_boxed(text: str) -> str:
 
 def exact_reward(response: str, gold: str, think_tags: bool = True) -> Verdict:
     """Plain string match of the (boxed) answer after ``</think>``: for tests and toy tasks."""
+    if (verdict := missing_think_tag(response, think_tags)) is not None:
+        return verdict
     answer = answer_part(response, think_tags)
-    if answer is None:
-        return Verdict(0.0, "no_think_tag", "", f"response has no {THINK_CLOSE}")
     extracted = _strip_boxed(answer.strip().rstrip("."))
     if not extracted:
         return Verdict(0.0, "unparsable", "", "empty answer")
@@ -104,9 +112,9 @@ _CHOICE_PATTERNS = [
 def choice_reward(response: str, gold: str, think_tags: bool = True) -> Verdict:
     """Multiple choice (ARC-c, GPQA, MMLU-Pro): the last letter A-J given as ``\\boxed{C}``,
     "the answer is (C)", "Answer: C" or a lone letter, compared with the gold letter."""
+    if (verdict := missing_think_tag(response, think_tags)) is not None:
+        return verdict
     answer = answer_part(response, think_tags)
-    if answer is None:
-        return Verdict(0.0, "no_think_tag", "", f"response has no {THINK_CLOSE}")
     gold_letter = gold.strip().strip("()").upper()
     if len(gold_letter) != 1 or not "A" <= gold_letter <= "J":
         return Verdict(0.0, "error", "", f"gold {gold[:20]!r} is not a choice letter A-J")
@@ -145,4 +153,5 @@ __all__ = [
     "exact_reward",
     "make_reward",
     "math_reward",
+    "missing_think_tag",
 ]

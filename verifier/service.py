@@ -27,7 +27,7 @@ from common.schemas import Rollout, ScoredRollout, decode_rollout, encode_scored
 from common.transport import Delivery, Output, StreamConsumer, stream_depths
 from services.runtime import ServiceContext
 from verifier.pool import ScoringPool
-from verifier.rewards import Verdict, make_reward, reward_for_source
+from verifier.rewards import Verdict, make_reward, missing_think_tag, reward_for_source
 
 log = logging.getLogger(__name__)
 STATUSES = ("ok", "wrong", "unparsable", "no_think_tag", "timeout", "error")
@@ -166,6 +166,11 @@ class VerifierWorker:
             future.set_result(Verdict(0.0, "error", "", f"{detail} ({self.max_chars})"))
             return future
         name = reward or (self.reward if self.reward != "auto" else "math")
+        verdict = missing_think_tag(answer, think)
+        if verdict is not None:  # decided here: a worker round trip would cost more than this
+            future = Future()
+            future.set_result(verdict)
+            return future
         return self.pool.submit(name, answer, gold, think)
 
     def _commit(self, done: list[Future]) -> None:

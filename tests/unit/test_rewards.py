@@ -53,3 +53,12 @@ def test_unknown_reward_name_is_a_clear_error():
         ValueError, match=r"unknown reward function 'maths'; known: \['choice', 'exact', 'math'\]"
     ):
         make_reward("maths")
+
+
+def test_missing_think_tag_is_decided_without_a_reward_function():
+    from verifier.rewards import missing_think_tag
+
+    verdict = missing_think_tag("the answer is 4", True)
+    assert verdict is not None and (verdict.reward, verdict.status) == (0.0, "no_think_tag")
+    assert missing_think_tag("<think> hmm </think> 4", True) is None
+    assert missing_think_tag("the answer is 4", False) is None
