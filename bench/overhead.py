@@ -1,13 +1,13 @@
 """Pipeline overhead: rollouts/s delivered to the learner through Redis and a verifier vs the
 vLLM engine's raw generation rate alone, same prompts, same sampling, same run. Prints JSON.
 
-    .venv/bin/python bench/overhead.py [--prompts 128] [--rounds 3] [--threads 0] [--batch-tasks 32]
+    .venv/bin/python bench/overhead.py [--prompts 128] [--rounds 3] [--threads 0] [--batch-tasks 64]
 
 Raw: ``VllmEngine.generate`` on all prompts in one call, in a fresh process per thread
 setting: the generator's (``--threads``, 0 = torch's default, every core) and, when that is
 not 0, torch's default too; the faster is the baseline. Stack: a `luffy generator`
-(``--generator.threads``, ``--generator.max_batch_tasks`` 32 = 256 sequences, vLLM's CPU
-batch limit) and a `luffy verifier` process, started and ready before the clock starts; the
+(``--generator.threads``, ``--generator.max_batch_tasks`` 64 = 512 sequences per engine
+call, so vLLM's 256-sequence batch stays full instead of draining at the end of each call) and a `luffy verifier` process, started and ready before the clock starts; the
 prompts are published to ``prompts`` and the clock stops when the last scored rollout has been
 read from ``scored`` (what the learner consumes). Target (issue #8): stack >= 0.95 x raw.
 """
@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--threads", type=int, default=0, help="generator threads (0: all)")
-    parser.add_argument("--batch-tasks", type=int, default=32, help="generator.max_batch_tasks")
+    parser.add_argument("--batch-tasks", type=int, default=64, help="generator.max_batch_tasks")
     parser.add_argument("--raw-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.raw_worker:  # child mode: print the raw rates of this thread setting
