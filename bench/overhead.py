@@ -7,7 +7,8 @@ Raw: ``VllmEngine.generate`` on all prompts in one call, in a fresh process per 
 setting: the generator's (``--threads``, 0 = torch's default, every core) and, when that is
 not 0, torch's default too; the faster is the baseline. Stack: a `luffy generator`
 (``--generator.threads``, ``--generator.max_batch_tasks`` 64 = 512 sequences per engine
-call, so vLLM's 256-sequence batch stays full instead of draining at the end of each call) and a `luffy verifier` process, started and ready before the clock starts; the
+call, so vLLM's 256-sequence batch stays full instead of draining at the end of each call)
+and a `luffy verifier` process, started and ready before the clock starts; the
 prompts are published to ``prompts`` and the clock stops when the last scored rollout has been
 read from ``scored`` (what the learner consumes). Target (issue #8): stack >= 0.95 x raw.
 """
