@@ -306,6 +306,8 @@ def decode_task(data: bytes) -> Task:
 
 def _rollout_from(w: _RolloutWire, kind: str) -> Rollout:
     completion = _tokens(kind, "completion_ids", w.completion_ids)
+    if completion.size == 0:  # engines always return at least the EOS token
+        raise SchemaError(f"{kind}: empty completion (no token to score or train on)")
     logprobs = _array(kind, "logprobs", w.logprobs, _F32)
     if logprobs.size != completion.size:
         raise SchemaError(

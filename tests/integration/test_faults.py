@@ -279,9 +279,9 @@ def test_poison_of_every_kind_ends_in_deadletter_and_the_run_goes_on(
 
         def dead_reasons():
             found = [f[b"reason"].decode() for _, f in rclient.xrange(keys.deadletter)]
-            return found if len(found) >= 5 else None
+            return found if len(found) >= 6 else None
 
-        reasons = wait_for(dead_reasons, 180, "the five poison entries in deadletter")
+        reasons = wait_for(dead_reasons, 180, "the six poison entries in deadletter")
         wait_for(lambda: learner_status(port).get("step", 0) >= step + 2, 180, "training to go on")
         status = learner_status(port)
     finally:
@@ -292,6 +292,7 @@ def test_poison_of_every_kind_ends_in_deadletter_and_the_run_goes_on(
     assert "task: Expected `int`, got `str`" in joined
     assert "out of vocabulary" in joined
     assert "logprobs' holds NaN" in joined
+    assert "empty completion" in joined
     assert status["bad_rows"] == 2
     assert all(p.returncode == 0 for p in procs)
     _ = torch

@@ -103,6 +103,7 @@ def mutate(payload: bytes, **changes) -> bytes:
             marks=pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
         ),
         ({"completion_ids": np.array([1, -5, 2, 3], "<i4").tobytes()}, "negative token ids"),
+        ({"completion_ids": b"", "logprobs": b""}, "empty completion"),
         ({"policy_version": "3"}, "Expected `int`, got `str` - at `$.policy_version`"),
         ({"off_policy": 1}, "Expected `bool`, got `int` - at `$.off_policy`"),
         ({"sample": True}, "Expected `int`, got `bool` - at `$.sample`"),
