@@ -51,6 +51,9 @@ class Heartbeat:
         except TRANSIENT_ERRORS as exc:
             self.failures += 1
             log.debug("heartbeat failed: %s", exc)
+            # readiness must not wait for the work loop, which may be busy elsewhere (a
+            # learner in a weight push touches no Redis for up to sync.timeout_s)
+            self.redis.connected, self.redis.last_error = False, str(exc)
             return False
         self.beats += 1
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -57,6 +58,19 @@ def spawn(*args: str, env: dict[str, str] | None = None) -> Child:
     return Child(
         [sys.executable, *args], env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     )
+
+
+def stop_services(*procs: subprocess.Popen, timeout: float = 120) -> None:
+    """SIGTERM the learners first and wait for them (a learner in the middle of a weight push
+    needs its generators alive to finish it, which is why `luffy up` stops it first), then the
+    rest."""
+    learners = [p for p in procs if "services.learner" in p.args]
+    for group in (learners, [p for p in procs if p not in learners]):
+        for p in group:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in group:
+            p.wait(timeout)
 
 
 def wait_line(proc: Child, prefix: str, timeout_s: float = 60) -> str:

@@ -17,16 +17,12 @@ from common.membership import list_members
 from common.schemas import Rollout, SamplingParams, Task, encode_rollout, encode_task
 from common.transport import Keys, Resilient
 from learner.broadcast import WeightBroadcaster
-from tests.integration.helpers import spawn, wait_for
+from tests.integration.helpers import spawn, stop_services, wait_for
 from tests.integration.test_learner_service import write_task
 
 
 def stop(*procs):
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        p.wait(120)
+    stop_services(*procs, timeout=120)
 
 
 def services(url, run, tmp_path, model_dir, data, *learner_extra):

@@ -1,7 +1,6 @@
 """The learner with real Redis and real generator/verifier processes (hf engine, tiny model)."""
 
 import json
-import signal
 
 import httpx
 
@@ -13,7 +12,7 @@ from common.weight_sync import SyncBoard
 from learner.data import load_examples
 from learner.feeder import Feeder
 from learner.train import list_checkpoints
-from tests.integration.helpers import spawn, wait_for
+from tests.integration.helpers import spawn, stop_services, wait_for
 
 
 def write_task(path, n=60):
@@ -142,11 +141,7 @@ def start_helpers(redis_url, run_name, tmp_path, model_dir):
 
 
 def stop(*procs):
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        p.wait(60)
+    stop_services(*procs, timeout=60)
 
 
 def test_learner_trains_syncs_checkpoints_and_resumes(

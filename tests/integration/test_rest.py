@@ -2,7 +2,6 @@
 control routes, and loopback binding by default."""
 
 import shutil
-import signal
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import pytest
 
 from common.membership import list_members
 from common.transport import Keys
-from tests.integration.helpers import spawn, wait_for
+from tests.integration.helpers import spawn, stop_services, wait_for
 from tests.integration.test_learner_service import write_task
 
 TOKEN = "s3cret-token"
@@ -67,10 +66,7 @@ def stack(redis_url, run_name, resilient, tmp_path, tiny_model_dir):
     for role in ("verifier", "generator", "learner"):
         members[role] = wait_for(lambda r=role: list_members(resilient, keys, r), 180, role)[0]
     yield members
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        p.wait(120)
+    stop_services(*procs)
 
 
 @pytest.mark.parametrize("role", ["verifier", "generator", "learner"])

@@ -46,13 +46,15 @@ def test_two_verifiers_share_work_and_a_sigkill_loses_nothing(
 ):
     keys = Keys(run_name)
     n = 600
-    StreamPublisher(resilient, keys, "rollouts").publish(
-        [(r.rollout_id, encode_rollout(r)) for r in rollouts(n)]
-    )
     victim = start_verifier(redis_url, run_name, tmp_path, "--verifier.id", "victim")
     survivor = start_verifier(redis_url, run_name, tmp_path, "--verifier.id", "survivor")
     scored = keys.stream("scored")
     try:
+        # both consume from the start: one that came up late could find the work all done
+        wait_for(lambda: len(list_members(resilient, keys, "verifier")) == 2, 120, "verifiers")
+        StreamPublisher(resilient, keys, "rollouts").publish(
+            [(r.rollout_id, encode_rollout(r)) for r in rollouts(n)]
+        )
 
         def victim_mid_work():
             consumers = rclient.xinfo_consumers(keys.stream("rollouts"), "verifiers")
