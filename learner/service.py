@@ -514,7 +514,12 @@ class LearnerWorker:
 
 def follow(cfg: Any) -> int:
     """Ranks > 0 under torchrun: build the trainer and execute rank 0's calls."""
+    import torch.distributed as dist
+
     Trainer(cfg).follow()
+    # gloo's threads still running at interpreter exit made a rank abort ("terminate called
+    # without an active exception") now and then
+    dist.destroy_process_group()
     return 0
 
 

@@ -63,6 +63,7 @@ def main() -> None:
     trainer = Trainer(cfg)
     if trainer.rank != 0:
         trainer.follow()
+        dist.destroy_process_group()  # a live gloo group at exit can abort the process
         return
     results = {"losses": {}, "skipped": [], "checkpoints": []}
     if a.resume:
