@@ -668,10 +668,12 @@ class StreamConsumer(Generic[T]):
 # --------------------------------------------------------------------------- maintenance
 
 
-def run_state_summary(redis_: Resilient, keys: Keys) -> str | None:
-    """What Redis already holds for this run (ids processed, streams), or None when nothing:
-    a fresh learner must not start over on top of it, since every id it would feed again is
-    already marked done and would be skipped."""
+def stale_run_refusal(
+    redis_: Resilient, keys: Keys, checkpoint_dir: object, where: str = ""
+) -> str | None:
+    """Why a run without any checkpoint (in ``checkpoint_dir``) must not start afresh: Redis
+    already holds its state, and every id a fresh learner would feed again is marked done and
+    would be skipped. None when Redis holds nothing of the run."""
     client = redis_.client
     done = sum(
         redis_.call(client.zcard, keys.done(g)) for g in ("generators", "verifiers", "learner")
@@ -679,7 +681,12 @@ def run_state_summary(redis_: Resilient, keys: Keys) -> str | None:
     version = int(redis_.call(client.get, keys.policy_version) or 0)
     if not done and not version:
         return None
-    return f"policy version {version}, {done} processed ids under {keys.prefix}*"
+    return (
+        f"run {keys.run!r} has no checkpoint in {checkpoint_dir} but Redis{where} already "
+        f"holds its state (policy version {version}, {done} processed ids under "
+        f"{keys.prefix}*): start a new run with another --run.name, or delete those keys "
+        f"first (redis-cli --scan --pattern '{keys.prefix}*' | xargs redis-cli del)"
+    )
 
 
 def trim_acked(redis_: Resilient, keys: Keys, name: str) -> int:
@@ -726,7 +733,7 @@ __all__ = [
     "StreamPublisher",
     "connect",
     "ensure_group",
-    "run_state_summary",
+    "stale_run_refusal",
     "stream_depths",
     "trim_acked",
 ]

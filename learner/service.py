@@ -30,7 +30,7 @@ from common.transport import (
     Delivery,
     StreamConsumer,
     StreamPublisher,
-    run_state_summary,
+    stale_run_refusal,
     stream_depths,
     trim_acked,
 )
@@ -166,14 +166,9 @@ class LearnerWorker:
                 f"{checkpoints[-1]}): continue it with --learner.resume true (luffy up does), "
                 "or start a new run with another --run.name"
             )
-        state = run_state_summary(self.ctx.redis, self.ctx.keys)
-        if state:
-            raise RunExists(
-                f"run {run!r} has no checkpoint in {self.ckpt_root} but Redis already holds "
-                f"its state ({state}): start a new run with another --run.name, or delete "
-                f"those keys first (redis-cli --scan --pattern '{self.ctx.keys.prefix}*' | "
-                "xargs redis-cli del)"
-            )
+        refusal = stale_run_refusal(self.ctx.redis, self.ctx.keys, self.ckpt_root)
+        if refusal:
+            raise RunExists(refusal)
 
     def _metrics(self, ctx: ServiceContext) -> None:
         m = ctx.metrics

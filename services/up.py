@@ -244,7 +244,7 @@ def continue_or_refuse(cfg: Config, url: str, supervisor: Supervisor) -> str | N
     """A run folder with checkpoints is continued (the learner starts with resume); a run
     name whose state is in Redis without any checkpoint cannot be continued: refuse, naming
     it, rather than start a learner that would stall on ids already marked done."""
-    from common.transport import Keys, Resilient, run_state_summary
+    from common.transport import Keys, Resilient, stale_run_refusal
 
     checkpoints = sorted((cfg.run.run_dir / "checkpoints").glob("step_*/meta.json"))
     if checkpoints:
@@ -254,15 +254,8 @@ def continue_or_refuse(cfg: Config, url: str, supervisor: Supervisor) -> str | N
                 child.env = {**child.env, "LUFFY_LEARNER__RESUME": "true"}
         return None
     redis_ = Resilient.from_config(cfg.redis.model_copy(update={"url": url}))
-    state = run_state_summary(redis_, Keys(cfg.run.name))
-    if state is None:
-        return None
-    return (
-        f"run {cfg.run.name!r} has no checkpoint in {cfg.run.run_dir / 'checkpoints'} but Redis "
-        f"at {url} already holds its state ({state}): start a new run with another "
-        f"--run.name, or delete those keys first (redis-cli --scan --pattern "
-        f"'{Keys(cfg.run.name).prefix}*' | xargs redis-cli del)"
-    )
+    checkpoint_dir = cfg.run.run_dir / "checkpoints"
+    return stale_run_refusal(redis_, Keys(cfg.run.name), checkpoint_dir, f" at {url}")
 
 
 def _config_for_children(cfg: Config, config_path: str | None, run_dir: Path) -> str:

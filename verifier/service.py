@@ -161,16 +161,12 @@ class VerifierWorker:
     ) -> Future:
         think = self.think_tags if think_tags is None else think_tags
         if len(answer) > self.max_chars:
-            future: Future = Future()
             detail = f"answer of {len(answer)} chars exceeds verifier.max_answer_chars"
-            future.set_result(Verdict(0.0, "error", "", f"{detail} ({self.max_chars})"))
-            return future
-        name = reward or (self.reward if self.reward != "auto" else "math")
+            return _decided(Verdict(0.0, "error", "", f"{detail} ({self.max_chars})"))
         verdict = missing_think_tag(answer, think)
         if verdict is not None:  # decided here: a worker round trip would cost more than this
-            future = Future()
-            future.set_result(verdict)
-            return future
+            return _decided(verdict)
+        name = reward or (self.reward if self.reward != "auto" else "math")
         return self.pool.submit(name, answer, gold, think)
 
     def _commit(self, done: list[Future]) -> None:
@@ -243,6 +239,13 @@ class VerifierWorker:
             started = time.monotonic()
             verdict = self._submit(body.answer, body.gold, body.think_tags).result()
             return VerifyResult(**asdict(verdict), ms=(time.monotonic() - started) * 1000)
+
+
+def _decided(verdict: Verdict) -> Future:
+    """A future that already holds ``verdict`` (answers judged without a worker)."""
+    future: Future = Future()
+    future.set_result(verdict)
+    return future
 
 
 def _request_model(max_answer_chars: int) -> type[BaseModel]:

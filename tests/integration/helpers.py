@@ -60,6 +60,30 @@ def spawn(*args: str, env: dict[str, str] | None = None) -> Child:
     )
 
 
+def spawn_up(run: str, redis_url: str, out_dir: Path, data_dir: Path, *overrides: str) -> Child:
+    """`luffy up` on the tiny config for ``run``: its folder under ``out_dir``, the tiny model
+    and task built under ``data_dir``; ``overrides`` are more dotted flags."""
+    return spawn(
+        "-m",
+        "services.up",
+        "--config",
+        "configs/tiny-cpu.toml",
+        "--run.name",
+        run,
+        "--run.output_dir",
+        str(out_dir),
+        "--redis.url",
+        redis_url,
+        "--model.path",
+        str(data_dir / "model"),
+        "--learner.train_file",
+        str(data_dir / "task" / "train.jsonl"),
+        "--learner.eval_file",
+        str(data_dir / "task" / "eval.jsonl"),
+        *overrides,
+    )
+
+
 def stop_services(*procs: subprocess.Popen, timeout: float = 120) -> None:
     """SIGTERM the learners first and wait for them (a learner in the middle of a weight push
     needs its generators alive to finish it, which is why `luffy up` stops it first), then the

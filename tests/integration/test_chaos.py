@@ -23,7 +23,7 @@ import pytest
 from common.config import RedisConfig
 from common.membership import list_members
 from common.transport import Keys, Resilient
-from tests.integration.helpers import spawn
+from tests.integration.helpers import spawn_up
 
 SEED = 7
 KILLS = 10
@@ -66,23 +66,11 @@ def test_chaos_run_loses_and_duplicates_nothing(redis_url, tmp_path):
     run = f"chaos-{uuid.uuid4().hex[:8]}"
     task = tmp_path / "task"
     min_steps = 150
-    up = spawn(
-        "-m",
-        "services.up",
-        "--config",
-        "configs/tiny-cpu.toml",
-        "--run.name",
+    up = spawn_up(
         run,
-        "--run.output_dir",
-        str(tmp_path),
-        "--redis.url",
         redis_url,
-        "--model.path",
-        str(tmp_path / "model"),
-        "--learner.train_file",
-        str(task / "train.jsonl"),
-        "--learner.eval_file",
-        str(task / "eval.jsonl"),
+        tmp_path,
+        tmp_path,
         "--learner.max_steps",
         "100000",
         "--learner.checkpoint_every",

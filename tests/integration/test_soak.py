@@ -29,7 +29,7 @@ import pytest
 from common.config import RedisConfig
 from common.membership import list_members
 from common.transport import Keys, Resilient
-from tests.integration.helpers import spawn, wait_for
+from tests.integration.helpers import spawn_up, wait_for
 
 SOAK_S = float(os.environ.get("SOAK_SECONDS", "600"))
 SAMPLE_EVERY_S = 20
@@ -88,23 +88,11 @@ def third_means(samples: list[dict], get) -> tuple[float, float]:
 
 
 def start_stack(run: str, redis_url: str, tmp_path) -> object:
-    return spawn(
-        "-m",
-        "services.up",
-        "--config",
-        "configs/tiny-cpu.toml",
-        "--run.name",
+    return spawn_up(
         run,
-        "--run.output_dir",
-        str(tmp_path),
-        "--redis.url",
         redis_url,
-        "--model.path",
-        str(tmp_path / "model"),
-        "--learner.train_file",
-        str(tmp_path / "task/train.jsonl"),
-        "--learner.eval_file",
-        str(tmp_path / "task/eval.jsonl"),
+        tmp_path,
+        tmp_path,
         "--learner.max_steps",
         "100000",
         "--learner.checkpoint_every",

@@ -24,7 +24,7 @@ from common.config import RedisConfig
 from common.embedded_redis import free_port
 from common.membership import list_members
 from common.transport import Keys, Resilient
-from tests.integration.helpers import REPO, spawn, wait_for
+from tests.integration.helpers import REPO, spawn, spawn_up, wait_for
 
 SUFFIXES = ("_bucket", "_sum", "_count", "_created", "_total")
 
@@ -82,23 +82,11 @@ def test_luffy_up_runs_restarts_is_scraped_and_stops_cleanly(redis_url, tmp_path
     run = f"up-{uuid.uuid4().hex[:8]}"
     out_dir = REPO / "runs"  # the repo's Prometheus config reads runs/prometheus-targets/
     data = Path(tempfile.mkdtemp())
-    up = spawn(
-        "-m",
-        "services.up",
-        "--config",
-        "configs/tiny-cpu.toml",
-        "--run.name",
+    up = spawn_up(
         run,
-        "--run.output_dir",
-        str(out_dir),
-        "--redis.url",
         redis_url,
-        "--model.path",
-        str(data / "model"),
-        "--learner.train_file",
-        str(data / "task/train.jsonl"),
-        "--learner.eval_file",
-        str(data / "task/eval.jsonl"),
+        out_dir,
+        data,
         "--learner.max_steps",
         "1000",
         "--learner.eval_every",
