@@ -1,10 +1,15 @@
-"""Transport throughput: publish -> consume -> ack through luffy's StreamPublisher /
-StreamConsumer (msgpack Rollouts, dedupe, atomic commit) vs raw redis-py XADD / XREADGROUP /
-XACK of the same bytes, against the same Redis, interleaved in one run. Prints JSON.
+"""Transport throughput: publish -> consume -> ack of Rollouts through luffy's StreamPublisher /
+StreamConsumer (msgpack, validated decode, dedupe, atomic commit) vs raw redis-py XADD /
+XREADGROUP / XACK, against the same Redis, interleaved in one run. Prints JSON.
 
     .venv/bin/python bench/transport.py [--url redis://127.0.0.1:6379/0] [--messages 4000]
 
-Target (issue #2): luffy / raw >= 0.8 for 1 KB and 32 KB rollouts.
+Two raw baselines, both pipelined XADD, XREADGROUP and XACK in batches of 64:
+- ``raw_msgpack``: a redis-py user shipping the same rollouts: encode each with the same
+  msgpack encoder before XADD, decode each with plain (unvalidated) msgpack + numpy views after
+  XREADGROUP. Target (issue #2): luffy / raw_msgpack >= 0.8 for 1 KB and 32 KB rollouts.
+- ``raw_bytes``: pre-encoded bytes in, bytes out, no codec at all (reported), and
+  ``luffy_bytes`` the same through our publisher / consumer (transport only, reported).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import statistics
 import time
 import uuid
 
+import msgspec
 import numpy as np
 import redis
 
@@ -45,33 +51,54 @@ def make_rollouts(n: int, completion_tokens: int) -> list[Rollout]:
     ]
 
 
-def run_raw(client: redis.Redis, payloads: list[bytes]) -> float:
+def plain_decode(payload: bytes) -> dict:
+    """What a raw user does to get arrays back: msgpack to a dict, numpy views, no checks."""
+    fields = msgspec.msgpack.decode(payload)
+    fields["completion_ids"] = np.frombuffer(fields["completion_ids"], dtype="<i4")
+    fields["prompt_ids"] = np.frombuffer(fields["prompt_ids"], dtype="<i4")
+    fields["logprobs"] = np.frombuffer(fields["logprobs"], dtype="<f4")
+    return fields
+
+
+def run_raw(client: redis.Redis, items: list, codec: bool) -> float:
+    """``items``: Rollouts (codec: encode before XADD, decode after read) or encoded bytes."""
     stream, group = f"bench:{{{uuid.uuid4().hex}}}:raw", "g"
     client.xgroup_create(stream, group, id="0", mkstream=True)
     start = time.perf_counter()
-    for i in range(0, len(payloads), BATCH):
+    for i in range(0, len(items), BATCH):
         pipe = client.pipeline(transaction=False)
-        for j, payload in enumerate(payloads[i : i + BATCH]):
-            pipe.xadd(stream, {"k": str(i + j), "d": payload})
+        for j, item in enumerate(items[i : i + BATCH]):
+            pipe.xadd(stream, {"k": str(i + j), "d": encode_rollout(item) if codec else item})
         pipe.execute()
     received = 0
-    while received < len(payloads):
+    while received < len(items):
         reply = client.xreadgroup(group, "c", {stream: ">"}, count=BATCH)
         entries = reply[0][1]
+        if codec:
+            [plain_decode(fields[b"d"]) for _, fields in entries]
         client.xack(stream, group, *[eid for eid, _ in entries])
         received += len(entries)
     elapsed = time.perf_counter() - start
     client.delete(stream)
-    return len(payloads) / elapsed
+    return len(items) / elapsed
 
 
-def run_luffy(resilient: Resilient, cfg: RedisConfig, rollouts: list[Rollout]) -> float:
+def run_luffy(
+    resilient: Resilient, cfg: RedisConfig, rollouts: list[Rollout], codec: bool = True
+) -> float:
+    """Without ``codec``: pre-encoded payloads in, undecoded payloads out (transport only)."""
     keys = Keys(f"bench-{uuid.uuid4().hex[:8]}")
     publisher = StreamPublisher(resilient, keys, "rollouts")
-    consumer = StreamConsumer(resilient, keys, "rollouts", "c", cfg, decode=decode_rollout)
+    decode = decode_rollout if codec else None
+    consumer = StreamConsumer(resilient, keys, "rollouts", "c", cfg, decode=decode)
+    encoded = None if codec else [(r.rollout_id, encode_rollout(r)) for r in rollouts]
     start = time.perf_counter()
     for i in range(0, len(rollouts), BATCH):
-        publisher.publish([(r.rollout_id, encode_rollout(r)) for r in rollouts[i : i + BATCH]])
+        if encoded is None:
+            batch = [(r.rollout_id, encode_rollout(r)) for r in rollouts[i : i + BATCH]]
+        else:
+            batch = encoded[i : i + BATCH]
+        publisher.publish(batch)
     received = 0
     while received < len(rollouts):
         batch = consumer.fetch(BATCH)
@@ -89,19 +116,26 @@ def measure(url: str, messages: int, completion_tokens: int, rounds: int) -> dic
     client = redis.Redis.from_url(url)
     cfg = RedisConfig(url=url, read_count=BATCH, block_ms=100)
     resilient = Resilient.from_config(cfg)
-    run_raw(client, payloads[:BATCH])  # warm-up: connections open, Lua script loaded
+    run_raw(client, payloads[:BATCH], codec=False)  # warm-up: connections, Lua scripts
     run_luffy(resilient, cfg, rollouts[:BATCH])
-    raw, ours = [], []
-    for _ in range(rounds):  # interleaved so drift on the machine hits both alike
-        raw.append(run_raw(client, payloads))
-        ours.append(run_luffy(resilient, cfg, rollouts))
-    raw_med, ours_med = statistics.median(raw), statistics.median(ours)
+    runs = {
+        "raw_bytes": lambda: run_raw(client, payloads, codec=False),
+        "raw_msgpack": lambda: run_raw(client, rollouts, codec=True),
+        "luffy": lambda: run_luffy(resilient, cfg, rollouts),
+        "luffy_bytes": lambda: run_luffy(resilient, cfg, rollouts, codec=False),
+    }
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):  # interleaved so drift on the machine hits all alike
+        for name, run in runs.items():
+            rates[name].append(run())
+    med = {name: statistics.median(values) for name, values in rates.items()}
     return {
         "payload_bytes": int(statistics.mean(len(p) for p in payloads)),
         "messages": messages,
-        "raw_msgs_per_s": round(raw_med, 1),
-        "luffy_msgs_per_s": round(ours_med, 1),
-        "ratio": round(ours_med / raw_med, 3),
+        **{f"{name}_msgs_per_s": round(value, 1) for name, value in med.items()},
+        "ratio": round(med["luffy"] / med["raw_msgpack"], 3),
+        "ratio_to_raw_bytes": round(med["luffy"] / med["raw_bytes"], 3),
+        "transport_only_ratio": round(med["luffy_bytes"] / med["raw_bytes"], 3),
         "rounds": rounds,
     }
 
