@@ -4,9 +4,10 @@
    prompts and sampling (16 prompts x 8 samples x up to 64 tokens), interleaved rounds.
 2. Weight sync: a `luffy generator` process (vllm, then hf engine) on a ~190 MB model
    (3 buckets of <= 64 MB) receives pushes from ``WeightBroadcaster``; compared with a raw
-   torch.distributed gloo broadcast of the same bytes between two processes. Reported
-   separately: the transfer (the receiver's time inside the bucket broadcasts), the load into
-   the live engine, and the learner's end-to-end push (announce, transfer, load, ack).
+   torch.distributed gloo broadcast of the same bytes between two processes, timed between
+   our pushes (interleaved). Reported separately: the transfer (the receiver's time inside
+   the bucket broadcasts), the load into the live engine, and the learner's end-to-end push
+   (announce, transfer, load, ack).
 
     .venv/bin/python bench/generator.py [--rounds 3] [--pushes 5]
 
@@ -80,27 +81,36 @@ for _ in range(n + 1):
 """
 
 
-def raw_broadcast_seconds(numel: int, repeats: int) -> list[float]:
-    import torch
-    import torch.distributed as dist
+class RawPair:
+    """A raw ``torch.distributed`` gloo broadcast of ``numel`` float32 between this process
+    and a child: the baseline, timed one broadcast at a time between our pushes."""
 
-    from common.embedded_redis import free_port
+    def __init__(self, numel: int, repeats: int):
+        import torch
+        import torch.distributed as dist
 
-    port = free_port()
-    child = subprocess.Popen(
-        [sys.executable, "-c", RAW_RECEIVER, str(numel), str(port), str(repeats)]
-    )
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=2)
-    flat = torch.randn(numel)
-    dist.broadcast(flat, 0)  # warm-up: connections established
-    times = []
-    for _ in range(repeats):
+        from common.embedded_redis import free_port
+
+        port = free_port()
+        self.child = subprocess.Popen(
+            [sys.executable, "-c", RAW_RECEIVER, str(numel), str(port), str(repeats)]
+        )
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=2)
+        self.flat = torch.randn(numel)
+        dist.broadcast(self.flat, 0)  # warm-up: connections established
+
+    def broadcast_seconds(self) -> float:
+        import torch.distributed as dist
+
         start = time.perf_counter()
-        dist.broadcast(flat, 0)
-        times.append(time.perf_counter() - start)
-    child.wait(60)
-    dist.destroy_process_group()
-    return times
+        dist.broadcast(self.flat, 0)
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        self.child.wait(60)
+        dist.destroy_process_group()
 
 
 def weight_sync(model_dir: Path, pushes: int, engine: str = "vllm") -> dict:
@@ -147,8 +157,10 @@ def weight_sync(model_dir: Path, pushes: int, engine: str = "vllm") -> dict:
         broadcaster = WeightBroadcaster(resilient, keys, SyncConfig(timeout_s=120))
         first = broadcaster.push(1, weights.items())  # forms the epoch; not timed
         assert first.ok, first
-        ends, transfers, loads = [], [], []
+        ends, transfers, loads, raw = [], [], [], []
+        pair = RawPair(total_bytes // 4, pushes)
         for version in range(2, pushes + 2):
+            raw.append(pair.broadcast_seconds())  # interleaved: drift hits both alike
             result = broadcaster.push(version, weights.items())
             assert result.ok, result
             ends.append(result.seconds)
@@ -157,12 +169,12 @@ def weight_sync(model_dir: Path, pushes: int, engine: str = "vllm") -> dict:
             )
             transfers.append(timing["transfer_s"])
             loads.append(timing["load_s"])
+        pair.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         for key in resilient.client.scan_iter(match=keys.prefix + "*"):
             resilient.client.delete(key)
-    raw = raw_broadcast_seconds(total_bytes // 4, pushes)
     med = {
         k: statistics.median(v)
         for k, v in {"raw": raw, "end": ends, "transfer": transfers, "load": loads}.items()

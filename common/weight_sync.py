@@ -80,14 +80,18 @@ def plan_buckets(
     return buckets
 
 
-def pack_bucket(bucket: Bucket, tensors: Mapping[str, torch.Tensor], device: Any = None):
-    """One flat tensor holding the bucket's tensors (on ``device``, default: the first's)."""
+def pack_bucket(
+    bucket: Bucket, tensors: Mapping[str, torch.Tensor], device: Any = None, out: Any = None
+):
+    """One flat tensor holding the bucket's tensors: written into ``out`` when given (a buffer
+    kept between pushes), else a new one on ``device`` (default: the first tensor's)."""
     import torch
 
     first = tensors[bucket.items[0].name]
-    flat = torch.empty(
-        bucket.numel, dtype=getattr(torch, bucket.dtype), device=device or first.device
-    )
+    flat = out
+    if flat is None:
+        dtype = getattr(torch, bucket.dtype)
+        flat = torch.empty(bucket.numel, dtype=dtype, device=device or first.device)
     for item in bucket.items:
         flat[item.offset : item.offset + item.numel].copy_(tensors[item.name].reshape(-1))
     return flat

@@ -170,7 +170,9 @@ def test_weight_broadcast_from_another_process_changes_the_live_generator(
         publish_tasks(resilient, keys, 2, prefix="before")
         wait_for(lambda: rclient.xlen(keys.stream("rollouts")) == 8, 120, "version-0 rollouts")
         broadcaster = WeightBroadcaster(resilient, keys, SyncConfig(timeout_s=60))
-        result = broadcaster.push(1, state_dict(other_model_dir).items())
+        # push 1 sends the weights already served, push 2 the new ones: a send or receive
+        # buffer reused without being refilled would leave the old weights serving
+        result = broadcaster.push(1, state_dict(tiny_model_dir).items())
         assert result.ok and result.members == ["g1"] and not result.failed
         epoch = broadcaster.epoch
         assert broadcaster.push(2, state_dict(other_model_dir).items()).ok
