@@ -9,7 +9,7 @@
    the bucket broadcasts), the load into the live engine, and the learner's end-to-end push
    (announce, transfer, load, ack).
 
-    .venv/bin/python bench/generator.py [--rounds 3] [--pushes 5]
+    .venv/bin/python bench/generator.py [--rounds 3] [--pushes 9]
 
 Target (issue #4): weight-sync transfer <= 1.2 x the raw broadcast.
 """
@@ -202,7 +202,7 @@ def weight_sync(model_dir: Path, pushes: int, engine: str = "vllm") -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--pushes", type=int, default=5)
+    parser.add_argument("--pushes", type=int, default=9)
     args = parser.parse_args()
     from common.config import TinyModelConfig
     from common.tiny_model import build_tiny_model
