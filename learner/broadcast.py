@@ -1,11 +1,12 @@
 """Weight broadcaster: the learner's side (rank 0) of the weight-sync group.
 
-``WeightBroadcaster`` owns the epoch (store, group, member ranks) and the set of members it
-is excluding after a failure. ``push(version, tensors)`` makes sure the group matches the live
-generators (a new epoch only when membership changed), publishes the bucket layout, broadcasts
-every bucket, waits for acks, and only then sets ``policy_version``. A member that fails to join
-or never acks is dropped from the next epochs for a while; a push broken by a dying member is
-retried once with the others; the learner goes on either way.
+``WeightBroadcaster`` owns the epoch (store, group, member ranks), the set of members it
+is excluding after a failure and, on CPU, the send buffers kept between pushes.
+``push(version, tensors)`` makes sure the group matches the live generators (a new epoch only
+when membership changed), publishes the bucket layout, broadcasts every bucket, waits for
+acks, and only then sets ``policy_version``. A member that fails to join or never acks is
+dropped from the next epochs for a while; a push broken by a dying member is retried once with
+the others; the learner goes on either way.
 """
 
 from __future__ import annotations
