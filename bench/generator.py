@@ -118,7 +118,7 @@ def weight_sync(model_dir: Path, pushes: int, engine: str = "vllm") -> dict:
 
     from common.config import RedisConfig, SyncConfig
     from common.membership import list_members
-    from common.transport import Keys, Resilient
+    from common.transport import Keys, Resilient, delete_run_keys
     from learner.broadcast import WeightBroadcaster
 
     weights = load_file(str(model_dir / "model.safetensors"))
@@ -173,8 +173,7 @@ def weight_sync(model_dir: Path, pushes: int, engine: str = "vllm") -> dict:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-        for key in resilient.client.scan_iter(match=keys.prefix + "*"):
-            resilient.client.delete(key)
+        delete_run_keys(resilient.client, keys)
     med = {
         k: statistics.median(v)
         for k, v in {"raw": raw, "end": ends, "transfer": transfers, "load": loads}.items()

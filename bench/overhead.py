@@ -86,7 +86,13 @@ def stack_rate(
     from common.config import RedisConfig
     from common.membership import list_members
     from common.schemas import SamplingParams, Task, encode_task
-    from common.transport import Keys, Resilient, StreamConsumer, StreamPublisher
+    from common.transport import (
+        Keys,
+        Resilient,
+        StreamConsumer,
+        StreamPublisher,
+        delete_run_keys,
+    )
 
     cfg = RedisConfig(url=url)
     resilient = Resilient.from_config(cfg)
@@ -172,8 +178,7 @@ def stack_rate(
                 p.send_signal(signal.SIGTERM)
             for p in procs:
                 p.wait(60)
-            for key in resilient.client.scan_iter(match=keys.prefix + "*"):
-                resilient.client.delete(key)
+            delete_run_keys(resilient.client, keys)
     return rates
 
 

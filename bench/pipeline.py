@@ -51,11 +51,9 @@ def generator_busy_seconds(cfg_redis_url: str, run: str, stop: threading.Event, 
 
 def drop_run_keys(redis_url: str, run: str) -> None:
     from common.config import RedisConfig
-    from common.transport import Keys, Resilient
+    from common.transport import Keys, Resilient, delete_run_keys
 
-    client = Resilient.from_config(RedisConfig(url=redis_url)).client
-    for key in client.scan_iter(match=Keys(run).prefix + "*"):
-        client.delete(key)
+    delete_run_keys(Resilient.from_config(RedisConfig(url=redis_url)).client, Keys(run))
 
 
 def run_mode(lag: int, threads: int, steps: int, out: Path, redis_url: str, config: str) -> dict:

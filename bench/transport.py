@@ -27,7 +27,13 @@ import redis
 
 from common.config import RedisConfig
 from common.schemas import Rollout, decode_rollout, encode_rollout
-from common.transport import Keys, Resilient, StreamConsumer, StreamPublisher
+from common.transport import (
+    Keys,
+    Resilient,
+    StreamConsumer,
+    StreamPublisher,
+    delete_run_keys,
+)
 
 BATCH = 64
 
@@ -105,8 +111,7 @@ def run_luffy(
         consumer.commit([(d, []) for d in batch])
         received += len(batch)
     elapsed = time.perf_counter() - start
-    for key in resilient.client.scan_iter(match=keys.prefix + "*"):
-        resilient.client.delete(key)
+    delete_run_keys(resilient.client, keys)
     return len(rollouts) / elapsed
 
 

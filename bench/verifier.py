@@ -32,7 +32,7 @@ import redis
 from common.config import RedisConfig
 from common.membership import list_members
 from common.schemas import Rollout, encode_rollout
-from common.transport import Keys, Resilient, StreamPublisher
+from common.transport import Keys, Resilient, StreamPublisher, delete_run_keys
 
 REPO = Path(__file__).resolve().parents[1]
 # this file shares its name with a package: import the package, not the script
@@ -149,8 +149,7 @@ def service_rate(url: str, answers: list[tuple[str, str]], count: int) -> float:
                 p.send_signal(signal.SIGTERM)
             for p in procs:
                 p.wait(30)
-            for key in resilient.client.scan_iter(match=keys.prefix + "*"):
-                resilient.client.delete(key)
+            delete_run_keys(resilient.client, keys)
     return len(answers) / elapsed
 
 

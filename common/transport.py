@@ -689,6 +689,16 @@ def stale_run_refusal(
     )
 
 
+def delete_run_keys(client: redis.Redis, keys: Keys) -> int:
+    """Delete every Redis key of one run (what ``stale_run_refusal`` asks users to do by hand);
+    returns how many. Run names are limited to ``[A-Za-z0-9_.-]``: the prefix holds no glob
+    character."""
+    names = list(client.scan_iter(match=keys.prefix + "*", count=500))
+    for start in range(0, len(names), 500):
+        client.delete(*names[start : start + 500])
+    return len(names)
+
+
 def trim_acked(redis_: Resilient, keys: Keys, name: str) -> int:
     """Trim ``name`` below the oldest entry some group has not acked; returns entries removed."""
     script = redis_.client.register_script(_SAFE_TRIM_LUA)
@@ -732,6 +742,7 @@ __all__ = [
     "StreamConsumer",
     "StreamPublisher",
     "connect",
+    "delete_run_keys",
     "ensure_group",
     "stale_run_refusal",
     "stream_depths",

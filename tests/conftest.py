@@ -12,7 +12,7 @@ import redis
 
 from common.config import RedisConfig, TinyModelConfig
 from common.embedded_redis import EmbeddedRedis, redis_reachable
-from common.transport import Keys, Resilient
+from common.transport import Keys, Resilient, delete_run_keys
 
 REPO = Path(__file__).resolve().parents[1]
 # Popped, not read: children inherit os.environ and the config loader rejects unknown LUFFY_*.
@@ -43,8 +43,7 @@ def redis_cfg(redis_url: str) -> RedisConfig:
 def rclient(redis_url: str, run_name: str):
     client = redis.Redis.from_url(redis_url)
     yield client
-    for key in client.scan_iter(match=Keys(run_name).prefix.replace("{", "\\{") + "*"):
-        client.delete(key)
+    delete_run_keys(client, Keys(run_name))
     client.close()
 
 

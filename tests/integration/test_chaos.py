@@ -22,7 +22,7 @@ import pytest
 
 from common.config import RedisConfig
 from common.membership import list_members
-from common.transport import Keys, Resilient
+from common.transport import Keys, Resilient, delete_run_keys
 from tests.integration.helpers import spawn_up
 
 SEED = 7
@@ -154,5 +154,4 @@ def test_chaos_run_loses_and_duplicates_nothing(redis_url, tmp_path):
     assert not (set(seen) & inflight)
     assert versions == sorted(versions), "policy version went backwards"
     assert evals and evals[-1]["reward_mean"] > evals[0]["reward_mean"]
-    for key in resilient.client.scan_iter(match=keys.prefix + "*"):
-        resilient.client.delete(key)
+    delete_run_keys(resilient.client, keys)

@@ -28,7 +28,7 @@ import pytest
 
 from common.config import RedisConfig
 from common.membership import list_members
-from common.transport import Keys, Resilient
+from common.transport import Keys, Resilient, delete_run_keys
 from tests.integration.helpers import spawn_up, wait_for
 
 SOAK_S = float(os.environ.get("SOAK_SECONDS", "600"))
@@ -124,8 +124,7 @@ def test_soak_memory_and_streams_stay_bounded(redis_url, tmp_path):
     finally:
         up.send_signal(signal.SIGINT)
         out = up.output(timeout=300)
-        for key in resilient.client.scan_iter(match=keys.prefix + "*"):
-            resilient.client.delete(key)
+        delete_run_keys(resilient.client, keys)
     assert up.returncode == 0, out[-4000:]
     report = {"soak_s": SOAK_S, "steps": status["step"], "samples": samples}
     for role in ("learner", "generator", "verifier"):

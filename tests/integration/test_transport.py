@@ -12,6 +12,7 @@ from common.transport import (
     Resilient,
     StreamConsumer,
     StreamPublisher,
+    delete_run_keys,
     stream_depths,
     trim_acked,
 )
@@ -156,6 +157,19 @@ def test_trim_keeps_everything_some_group_still_needs(run_name, redis_cfg, resil
     assert trim_acked(resilient, keys, "rollouts") == 6
     depths = stream_depths(resilient, keys)
     assert depths["rollouts"] == {"length": 0, "lag": 0, "pending": 0}
+
+
+def test_delete_run_keys_removes_that_run_only(run_name, resilient, rclient):
+    keys, longer = Keys(run_name), Keys(run_name + "x")  # a name the first one prefixes
+    publish_n(resilient, run_name, 3)
+    rclient.set(keys.policy_version, 3)
+    rclient.set(longer.policy_version, 1)
+    try:
+        assert delete_run_keys(rclient, keys) == 2  # the rollouts stream and policy_version
+        assert rclient.exists(keys.stream("rollouts"), keys.policy_version) == 0
+        assert rclient.get(longer.policy_version) == b"1"
+    finally:
+        rclient.delete(longer.policy_version)
 
 
 def test_reconnects_with_backoff_when_redis_goes_away(tmp_path):

@@ -23,7 +23,7 @@ import pytest
 from common.config import RedisConfig
 from common.embedded_redis import free_port
 from common.membership import list_members
-from common.transport import Keys, Resilient
+from common.transport import Keys, Resilient, delete_run_keys
 from tests.integration.helpers import REPO, spawn, spawn_up, wait_for
 
 SUFFIXES = ("_bucket", "_sum", "_count", "_created", "_total")
@@ -177,8 +177,7 @@ def test_luffy_up_runs_restarts_is_scraped_and_stops_cleanly(redis_url, tmp_path
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(data, ignore_errors=True)
-        for key in resilient.client.scan_iter(match=keys.prefix + "*"):
-            resilient.client.delete(key)
+        delete_run_keys(resilient.client, keys)
 
 
 def test_luffy_up_with_an_unreachable_loopback_redis_embeds_one(tmp_path, tiny_model_dir):
@@ -243,5 +242,4 @@ def test_luffy_up_continues_a_checkpointed_run_and_refuses_a_stale_one(redis_url
         assert continue_or_refuse(cfg, redis_url, supervisor) is None
         assert learner.env["LUFFY_LEARNER__RESUME"] == "true"
     finally:
-        for key in resilient.client.scan_iter(match=Keys(run).prefix + "*"):
-            resilient.client.delete(key)
+        delete_run_keys(resilient.client, Keys(run))
