@@ -97,6 +97,23 @@ def pack_bucket(
     return flat
 
 
+class CpuBuffers:
+    """Flat CPU tensors kept between pushes, one per bucket (by index, dtype and size): fresh
+    pages would be faulted in during every transfer and slow it down (up to 2x, measured).
+    Both ends use one: the learner's send buffers and each receiver's receive buffers."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[int, str, int], Any] = {}
+
+    def get(self, index: int, bucket: Bucket):
+        import torch
+
+        key = (index, bucket.dtype, bucket.numel)
+        if key not in self._buffers:
+            self._buffers[key] = torch.empty(bucket.numel, dtype=getattr(torch, bucket.dtype))
+        return self._buffers[key]
+
+
 def unpack_bucket(bucket: Bucket, flat: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
     """Views into ``flat`` with their names and shapes (no copies)."""
     return [
@@ -296,6 +313,7 @@ class SyncBoard:
 __all__ = [
     "Bucket",
     "BucketItem",
+    "CpuBuffers",
     "EpochRecord",
     "GroupSpec",
     "PushRecord",

@@ -17,6 +17,7 @@ from typing import Any
 
 from common.weight_sync import (
     Bucket,
+    CpuBuffers,
     GroupSpec,
     broadcast,
     buckets_from_wire,
@@ -39,22 +40,17 @@ class Timing:
         return {"total_s": total, "transfer_s": self.transfer_s, "load_s": total - self.transfer_s}
 
 
-# CPU receive buffers kept between pushes, by (bucket index, dtype, numel): fresh pages would
-# be faulted in during the transfer and double its time. (On GPU the caching allocator
-# already reuses memory, and a resident copy of a large model would cost too much.)
-_CPU_BUFFERS: dict[tuple[int, str, int], Any] = {}
+# Receive buffers on CPU are kept between pushes. (On GPU the caching allocator already reuses
+# memory, and a resident copy of a large model would cost too much.)
+_CPU_BUFFERS = CpuBuffers()
 
 
 def _buffer(index: int, bucket: Bucket, device: Any):
     import torch
 
-    dtype = getattr(torch, bucket.dtype)
-    if torch.device(device).type != "cpu":
-        return torch.empty(bucket.numel, dtype=dtype, device=device)
-    key = (index, bucket.dtype, bucket.numel)
-    if key not in _CPU_BUFFERS:
-        _CPU_BUFFERS[key] = torch.empty(bucket.numel, dtype=dtype)
-    return _CPU_BUFFERS[key]
+    if torch.device(device).type == "cpu":
+        return _CPU_BUFFERS.get(index, bucket)
+    return torch.empty(bucket.numel, dtype=getattr(torch, bucket.dtype), device=device)
 
 
 def receive_weights(

@@ -21,7 +21,7 @@ from common.config import SyncConfig
 from common.membership import list_members
 from common.transport import Keys, Resilient
 from common.weight_sync import (
-    Bucket,
+    CpuBuffers,
     EpochRecord,
     GroupSpec,
     PushRecord,
@@ -60,7 +60,7 @@ class WeightBroadcaster:
         self.excluded: dict[str, float] = {}  # member -> until (monotonic)
         self._store: Any = None
         self._group: Any = None
-        self._buffers: dict[tuple[int, str, int], Any] = {}  # CPU send buffers, see _pack_all
+        self._buffers = CpuBuffers()  # send buffers on CPU (gloo)
 
     def _last_epoch(self) -> int:
         record, _ = self.board.read()
@@ -149,19 +149,19 @@ class WeightBroadcaster:
         # announcement and each next one while the previous is on the wire; on CPU all are
         # packed up front, because packing alongside the transfer competed with it for the same
         # cores and memory bandwidth (transfer 1.3x slower, measured in bench/generator.py).
-        packed = self._pack_all(buckets, named) if self.backend == "gloo" else None
-        flat = packed[0] if packed else pack_bucket(buckets[0], named, self._device())
+        if self.backend == "gloo":
+            flats = iter(
+                [pack_bucket(b, named, out=self._buffers.get(i, b)) for i, b in enumerate(buckets)]
+            )
+        else:  # a generator: each bucket is packed when the loop asks for it
+            flats = (pack_bucket(b, named, self._device()) for b in buckets)
+        flat = next(flats)
         self.board.publish_push(PushRecord(version, self.epoch, buckets_to_wire(buckets)))
         sent = 0
         try:
-            for i in range(len(buckets)):
+            while flat is not None:
                 work = broadcast_async(self._group, flat, root=0)
-                if i + 1 == len(buckets):
-                    nxt = None
-                elif packed:
-                    nxt = packed[i + 1]
-                else:
-                    nxt = pack_bucket(buckets[i + 1], named, self._device())
+                nxt = next(flats, None)
                 work.wait()
                 sent += flat.numel() * flat.element_size()
                 flat = nxt
@@ -171,19 +171,6 @@ class WeightBroadcaster:
             self._close_group()  # receivers still waiting fail fast and ack the failure
             return self._finish(version, started, sent, broken=True)
         return self._finish(version, started, sent, broken=False)
-
-    def _pack_all(self, buckets: list[Bucket], named: dict[str, Any]) -> list[Any]:
-        """Every bucket packed into CPU buffers kept between pushes (one model copy): fresh
-        pages would be faulted in on each push, inside the transfer's time."""
-        import torch
-
-        out = []
-        for index, bucket in enumerate(buckets):
-            key = (index, bucket.dtype, bucket.numel)
-            if key not in self._buffers:
-                self._buffers[key] = torch.empty(bucket.numel, dtype=getattr(torch, bucket.dtype))
-            out.append(pack_bucket(bucket, named, out=self._buffers[key]))
-        return out
 
     def _device(self) -> Any:
         import torch
