@@ -27,18 +27,12 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 def run_mode(mode: str, minutes: float, out: Path, extra: list[str]) -> dict:
     from services.plot import read_metrics
+    from services.up import up_args
 
     name = f"{mode}-{int(time.time())}"
     cmd = [
         sys.executable,
-        "-m",
-        "services.up",
-        "--config",
-        "configs/tiny-cpu.toml",
-        "--run.name",
-        name,
-        "--run.output_dir",
-        str(out),
+        *up_args("configs/tiny-cpu.toml", name, out),
         "--algorithm.mode",
         mode,
         "--learner.max_minutes",

@@ -58,18 +58,12 @@ def drop_run_keys(redis_url: str, run: str) -> None:
 
 def run_mode(lag: int, threads: int, steps: int, out: Path, redis_url: str, config: str) -> dict:
     from services.plot import read_metrics
+    from services.up import up_args
 
     run = f"pipe-lag{lag}-t{threads}-{int(time.time())}"
     cmd = [
         sys.executable,
-        "-m",
-        "services.up",
-        "--config",
-        config,
-        "--run.name",
-        run,
-        "--run.output_dir",
-        str(out),
+        *up_args(config, run, out),
         "--redis.url",
         redis_url,
         "--algorithm.max_off_policy_steps",

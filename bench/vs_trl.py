@@ -65,18 +65,12 @@ def run_trl(python: Path, model: Path, train: Path, steps: int) -> dict:
 
 def run_ours(model: Path, task: Path, steps: int, out: Path, url: str) -> dict:
     from services.plot import read_metrics
+    from services.up import up_args
 
     run = f"vs-trl-{int(time.time())}"
     cmd = [
         sys.executable,
-        "-m",
-        "services.up",
-        "--config",
-        "configs/tiny-cpu.toml",
-        "--run.name",
-        run,
-        "--run.output_dir",
-        str(out),
+        *up_args("configs/tiny-cpu.toml", run, out),
         "--redis.url",
         url,
         "--model.path",

@@ -240,13 +240,31 @@ def run_up(cfg: Config, config_path: str | None = None, overrides: list[str] = (
             log.info("embedded redis stopped")
 
 
+def up_args(config: str, run: str, out_dir: str | Path, *overrides: str) -> list[str]:
+    """The arguments after the python interpreter that start `luffy up` on ``config`` for run
+    ``run`` with its folder under ``out_dir`` (``overrides``: more dotted flags); tests and
+    benchmarks start whole stacks this way."""
+    return [
+        "-m",
+        "services.up",
+        "--config",
+        config,
+        "--run.name",
+        run,
+        "--run.output_dir",
+        str(out_dir),
+        *overrides,
+    ]
+
+
 def continue_or_refuse(cfg: Config, url: str, supervisor: Supervisor) -> str | None:
     """A run folder with checkpoints is continued (the learner starts with resume); a run
     name whose state is in Redis without any checkpoint cannot be continued: refuse, naming
     it, rather than start a learner that would stall on ids already marked done."""
     from common.transport import Keys, Resilient, stale_run_refusal
 
-    checkpoints = sorted((cfg.run.run_dir / "checkpoints").glob("step_*/meta.json"))
+    checkpoint_dir = cfg.run.run_dir / "checkpoints"
+    checkpoints = sorted(checkpoint_dir.glob("step_*/meta.json"))
     if checkpoints:
         log.info("continuing run %r from %s", cfg.run.name, checkpoints[-1].parent)
         for child in supervisor.children:
@@ -254,7 +272,6 @@ def continue_or_refuse(cfg: Config, url: str, supervisor: Supervisor) -> str | N
                 child.env = {**child.env, "LUFFY_LEARNER__RESUME": "true"}
         return None
     redis_ = Resilient.from_config(cfg.redis.model_copy(update={"url": url}))
-    checkpoint_dir = cfg.run.run_dir / "checkpoints"
     return stale_run_refusal(redis_, Keys(cfg.run.name), checkpoint_dir, f" at {url}")
 
 

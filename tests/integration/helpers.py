@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from services.up import up_args
+
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
@@ -64,14 +66,7 @@ def spawn_up(run: str, redis_url: str, out_dir: Path, data_dir: Path, *overrides
     """`luffy up` on the tiny config for ``run``: its folder under ``out_dir``, the tiny model
     and task built under ``data_dir``; ``overrides`` are more dotted flags."""
     return spawn(
-        "-m",
-        "services.up",
-        "--config",
-        "configs/tiny-cpu.toml",
-        "--run.name",
-        run,
-        "--run.output_dir",
-        str(out_dir),
+        *up_args("configs/tiny-cpu.toml", run, out_dir),
         "--redis.url",
         redis_url,
         "--model.path",
