@@ -90,21 +90,25 @@ def run_raw(client: redis.Redis, items: list, codec: bool) -> float:
 
 
 def run_luffy(
-    resilient: Resilient, cfg: RedisConfig, rollouts: list[Rollout], codec: bool = True
+    resilient: Resilient,
+    cfg: RedisConfig,
+    rollouts: list[Rollout],
+    payloads: list[bytes] | None = None,
 ) -> float:
-    """Without ``codec``: pre-encoded payloads in, undecoded payloads out (transport only)."""
+    """With ``payloads`` (the rollouts already encoded): bytes in, undecoded bytes out, i.e.
+    the transport alone; without: encode before publishing, validated decode on fetch."""
     keys = Keys(f"bench-{uuid.uuid4().hex[:8]}")
     publisher = StreamPublisher(resilient, keys, "rollouts")
-    decode = decode_rollout if codec else None
+    decode = decode_rollout if payloads is None else None
     consumer = StreamConsumer(resilient, keys, "rollouts", "c", cfg, decode=decode)
-    encoded = None if codec else [(r.rollout_id, encode_rollout(r)) for r in rollouts]
     start = time.perf_counter()
     for i in range(0, len(rollouts), BATCH):
-        if encoded is None:
-            batch = [(r.rollout_id, encode_rollout(r)) for r in rollouts[i : i + BATCH]]
+        chunk = rollouts[i : i + BATCH]
+        if payloads is None:
+            publisher.publish([(r.rollout_id, encode_rollout(r)) for r in chunk])
         else:
-            batch = encoded[i : i + BATCH]
-        publisher.publish(batch)
+            ready = payloads[i : i + BATCH]
+            publisher.publish([(r.rollout_id, p) for r, p in zip(chunk, ready, strict=True)])
     received = 0
     while received < len(rollouts):
         batch = consumer.fetch(BATCH)
@@ -127,7 +131,7 @@ def measure(url: str, messages: int, completion_tokens: int, rounds: int) -> dic
         "raw_bytes": lambda: run_raw(client, payloads, codec=False),
         "raw_msgpack": lambda: run_raw(client, rollouts, codec=True),
         "luffy": lambda: run_luffy(resilient, cfg, rollouts),
-        "luffy_bytes": lambda: run_luffy(resilient, cfg, rollouts, codec=False),
+        "luffy_bytes": lambda: run_luffy(resilient, cfg, rollouts, payloads),
     }
     rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):  # interleaved so drift on the machine hits all alike
