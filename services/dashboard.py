@@ -19,16 +19,17 @@ log = logging.getLogger("luffy.up")
 PLOT_EVERY_S = 60.0
 
 
-def snapshot(cfg: Config, redis_url: str) -> dict[str, Any]:
-    from services.status import collect
-
-    redis = cfg.redis.model_copy(update={"url": redis_url})
-    return collect(cfg.model_copy(update={"redis": redis}), with_services=True)
-
-
 class Dashboard:
     def __init__(self, cfg: Config, redis_url: str, supervisor: Any):
-        self.cfg, self.redis_url, self.supervisor = cfg, redis_url, supervisor
+        from common.transport import Resilient
+        from services.status import status_client
+
+        redis = cfg.redis.model_copy(update={"url": redis_url})
+        self.cfg, self.supervisor = cfg, supervisor
+        self.view = cfg.model_copy(update={"redis": redis})
+        # kept for the whole run: reconnecting every second cost more CPU than the reads
+        self.redis = Resilient.from_config(redis)
+        self.http = status_client()
         self.interactive = sys.stdout.isatty()
         self.live: Any = None
         self._next = 0.0
@@ -45,8 +46,14 @@ class Dashboard:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.http.close()
         if self.live is not None:
             self.live.__exit__(*exc)
+
+    def snapshot(self) -> dict[str, Any]:
+        from services.status import collect
+
+        return collect(self.view, with_services=True, redis_=self.redis, http=self.http)
 
     def refresh(self) -> None:
         now = time.monotonic()
@@ -54,7 +61,7 @@ class Dashboard:
             return
         self._next = now + 1.0
         try:
-            self.last = snapshot(self.cfg, self.redis_url)
+            self.last = self.snapshot()
         except Exception as exc:  # the dashboard must never take the stack down
             log.debug("dashboard snapshot failed: %s", exc)
             return
@@ -188,4 +195,4 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-__all__ = ["Dashboard", "snapshot", "targets_path"]
+__all__ = ["Dashboard", "targets_path"]
