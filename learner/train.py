@@ -9,7 +9,10 @@ Parts and ownership:
   ``train_step`` splits the batch into micro-batches by token budget (the same number on every
   rank: FSDP's collectives need it), accumulates gradients, clips, and skips (counts) a step
   whose loss or gradient is not finite, leaving the weights untouched.
-- ``plan_microbatches`` is the pure planner of that split.
+- ``plan_microbatches`` / ``plan_shared_microbatches`` are the pure planners of that split;
+  ``collate`` / ``collate_shared`` turn a micro-batch into tensors (one row per sample, or
+  each distinct prompt once with its samples' responses run against its cached keys/values:
+  ``learner.share_prompts``).
 
 Rank 0 drives: it calls the collective methods (``train_step``, ``full_state_dict``,
 ``save``/``load``) through ``Trainer.run`` so the other ranks, which sit in ``follow``, call
@@ -73,16 +76,21 @@ def _chunk_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
 
 
 class PolicyLogprobs(nn.Module):
-    """forward(input_ids [B, L], attention_mask [B, L], positions [T] (flat indices into B*L of
-    the positions that predict a response token), targets [T]) -> (logp [T], entropy [T])."""
+    """forward(batch) -> (logp [T], entropy [T]) for the ``T`` response tokens of a micro-batch.
+
+    ``batch`` is what ``collate`` makes (input_ids / attention_mask [B, L]; positions [T], flat
+    indices into B*L of the positions that predict a response token; targets [T]) or what
+    ``collate_shared`` makes (each distinct prompt once, [P, Lp], its key/value cache reused by
+    the responses [B, Lr] of the samples that share it; positions [T] index the P prompts' last
+    states followed by the B*Lr response states)."""
 
     def __init__(self, lm: nn.Module):
         super().__init__()
         self.lm = lm
 
-    def forward(self, input_ids, attention_mask, positions, targets):
-        out = self.lm.model(input_ids=input_ids, attention_mask=attention_mask)
-        hidden = out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])[positions]
+    def forward(self, batch: dict[str, torch.Tensor]):
+        hidden = self._states(batch)[batch["positions"]]
+        targets = batch["targets"]
         weight = self.lm.lm_head.weight
         logps, entropies = [], []
         for start in range(0, hidden.shape[0], LOGIT_CHUNK):
@@ -93,9 +101,34 @@ class PolicyLogprobs(nn.Module):
             logps.append(lp)
             entropies.append(ent)
         if not logps:
-            empty = hidden.sum() * 0.0  # keeps the graph (and FSDP's hooks) connected
-            return empty.reshape(0), empty.reshape(0)
+            # a padding micro-batch: every parameter, the LM head included, must still get a
+            # (zero) gradient, or this rank's reduce-scatter differs in size from the others'
+            empty = ((hidden.sum() + weight.sum()) * 0.0).expand(0)
+            return empty, empty
         return torch.cat(logps), torch.cat(entropies)
+
+    def _states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Final hidden states, flat [N, H], in the index space of ``batch["positions"]``."""
+        if "prompt_of" not in batch:
+            out = self.lm.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            )
+            return out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])
+        prompt = self.lm.model(
+            input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], use_cache=True
+        )
+        cache = prompt.past_key_values
+        cache.batch_select_indices(batch["prompt_of"])  # indexing: gradients sum back per prompt
+        mask = torch.cat([batch["prompt_mask"][batch["prompt_of"]], batch["response_mask"]], 1)
+        out = self.lm.model(
+            input_ids=batch["response_ids"],
+            attention_mask=mask,
+            position_ids=batch["response_positions"],
+            past_key_values=cache,
+        )
+        rows = torch.arange(batch["prompt_ids"].shape[0], device=batch["prompt_ids"].device)
+        last = prompt.last_hidden_state[rows, batch["prompt_last"]]
+        return torch.cat([last, out.last_hidden_state.reshape(-1, last.shape[-1])])
 
 
 def build_model(cfg: Config, device: torch.device) -> PolicyLogprobs:
@@ -148,41 +181,142 @@ def plan_microbatches(lengths: list[int], token_budget: int, world: int) -> list
     return [p + [[] for _ in range(depth - len(p))] for p in plans]
 
 
-def collate(samples: list[Sample], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-padded tensors for one micro-batch; response positions flattened."""
-    if not samples:  # padding micro-batch: one dummy pair of tokens, no response
-        ids = torch.full((1, 2), pad_id, dtype=torch.long)
-        return {
-            "input_ids": ids.to(device),
-            "attention_mask": torch.ones_like(ids).to(device),
-            "positions": torch.zeros(0, dtype=torch.long, device=device),
-            "targets": torch.zeros(0, dtype=torch.long, device=device),
-            "behav": torch.zeros(0, device=device),
-            "adv": torch.zeros(0, device=device),
-            "off": torch.zeros(0, dtype=torch.bool, device=device),
-        }
-    width = max(len(s.input_ids) for s in samples)
-    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
-    positions, targets, behav, adv, off = [], [], [], [], []
-    for row, s in enumerate(samples):
-        n = len(s.input_ids)
-        ids[row, :n] = torch.tensor(s.input_ids)
-        mask[row, :n] = 1
-        # position p predicts token p + 1: response tokens are prompt_len .. n - 1
-        positions += [row * width + p for p in range(s.prompt_len - 1, n - 1)]
+def plan_shared_microbatches(
+    prompt_keys: list[object],
+    prompt_lens: list[int],
+    response_lens: list[int],
+    token_budget: int,
+    world: int,
+) -> list[list[list[int]]]:
+    """``plan_microbatches`` for prompt sharing: samples with the same prompt key stay in one
+    micro-batch (their prompt is encoded once there). A micro-batch's padded size is
+    prompts x longest prompt + samples x longest response; a group too big for the budget is cut
+    into pieces that fit (a piece of one sample may exceed it). Ranks balanced by size."""
+    groups: dict[object, list[int]] = {}
+    for i, key in enumerate(prompt_keys):
+        groups.setdefault(key, []).append(i)
+    units: list[list[int]] = []
+    for items in groups.values():
+        items.sort(key=lambda i: -response_lens[i])
+        plen = prompt_lens[items[0]]
+        piece: list[int] = []
+        for i in items:  # longest first, so the first of a piece is its longest
+            if piece and plen + response_lens[piece[0]] * (len(piece) + 1) > token_budget:
+                units.append(piece)
+                piece = []
+            piece.append(i)
+        units.append(piece)
+
+    def size(samples: list[int], prompts: int) -> int:
+        longest_prompt = max(prompt_lens[i] for i in samples)
+        return prompts * longest_prompt + len(samples) * max(response_lens[i] for i in samples)
+
+    units.sort(key=lambda u: -size(u, 1))
+    ranks: list[list[list[int]]] = [[] for _ in range(world)]
+    load = [0] * world
+    for unit in units:
+        r = load.index(min(load))
+        ranks[r].append(unit)
+        load[r] += size(unit, 1)
+    plans = []
+    for rank_units in ranks:
+        micro: list[tuple[list[int], int]] = []  # (samples, prompts)
+        for unit in rank_units:
+            if micro and size(micro[-1][0] + unit, micro[-1][1] + 1) <= token_budget:
+                micro[-1] = (micro[-1][0] + unit, micro[-1][1] + 1)
+            else:
+                micro.append((list(unit), 1))
+        plans.append([m for m, _ in micro])
+    depth = max(1, max(len(p) for p in plans))
+    return [p + [[] for _ in range(depth - len(p))] for p in plans]
+
+
+def prompt_key(sample: Sample) -> tuple[int, ...]:
+    return tuple(sample.input_ids[: sample.prompt_len])
+
+
+def _token_fields(samples: list[Sample], device: torch.device) -> dict[str, torch.Tensor]:
+    """[T] per-response-token tensors: targets, behaviour log-probs, advantages, off flags."""
+    targets, behav, adv, off = [], [], [], []
+    for s in samples:
         targets += s.input_ids[s.prompt_len :]
         behav += s.behav_logprobs
         adv += [s.advantage] * s.response_len
         off += [s.off_policy] * s.response_len
     return {
-        "input_ids": ids.to(device),
-        "attention_mask": mask.to(device),
-        "positions": torch.tensor(positions, dtype=torch.long, device=device),
         "targets": torch.tensor(targets, dtype=torch.long, device=device),
         "behav": torch.tensor(behav, dtype=torch.float32, device=device),
         "adv": torch.tensor(adv, dtype=torch.float32, device=device),
         "off": torch.tensor(off, dtype=torch.bool, device=device),
+    }
+
+
+def _right_padded(rows: list[list[int]], pad_id: int, width: int = 1):
+    """[len(rows), max(width, longest)] ids and 0/1 mask."""
+    width = max(width, max((len(r) for r in rows), default=0))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, tokens in enumerate(rows):
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, : len(tokens)] = 1
+    return ids, mask
+
+
+def collate(samples: list[Sample], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-padded tensors for one micro-batch, one row per sample; response positions
+    flattened. An empty list is a padding micro-batch (two pad tokens, no response)."""
+    if not samples:
+        ids = torch.full((1, 2), pad_id, dtype=torch.long)
+        return {
+            "input_ids": ids.to(device),
+            "attention_mask": torch.ones_like(ids).to(device),
+            "positions": torch.zeros(0, dtype=torch.long, device=device),
+            **_token_fields([], device),
+        }
+    ids, mask = _right_padded([s.input_ids for s in samples], pad_id)
+    width, positions = ids.shape[1], []
+    for row, s in enumerate(samples):
+        # position p predicts token p + 1: response tokens are prompt_len .. n - 1
+        positions += [row * width + p for p in range(s.prompt_len - 1, len(s.input_ids) - 1)]
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": mask.to(device),
+        "positions": torch.tensor(positions, dtype=torch.long, device=device),
+        **_token_fields(samples, device),
+    }
+
+
+def collate_shared(
+    samples: list[Sample], pad_id: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """One row per distinct prompt and one per response (``PolicyLogprobs`` reuses a prompt's
+    key/value cache for its responses). The first response token is predicted by its prompt's
+    last state (index ``prompt row``), token j > 0 by response state j - 1 (index
+    ``P + row * Lr + j - 1``). An empty list is a padding micro-batch."""
+    rows: dict[tuple[int, ...], int] = {}
+    prompt_of = [rows.setdefault(prompt_key(s), len(rows)) for s in samples]
+    prompts = list(rows) or [(pad_id,)]
+    prompt_ids, prompt_mask = _right_padded([list(p) for p in prompts], pad_id)
+    responses = [s.input_ids[s.prompt_len :] for s in samples] or [[]]
+    response_ids, response_mask = _right_padded(responses, pad_id)
+    n_prompts, width = len(prompts), response_ids.shape[1]
+    prompt_lens = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+    of = torch.tensor(prompt_of or [0], dtype=torch.long)
+    positions = []
+    for row, (p, s) in enumerate(zip(prompt_of, samples, strict=True)):
+        if s.response_len:
+            positions.append(p)
+            positions += [n_prompts + row * width + j for j in range(s.response_len - 1)]
+    return {
+        "prompt_ids": prompt_ids.to(device),
+        "prompt_mask": prompt_mask.to(device),
+        "prompt_last": (prompt_lens - 1).to(device),
+        "prompt_of": of.to(device),
+        "response_ids": response_ids.to(device),
+        "response_mask": response_mask.to(device),
+        "response_positions": (prompt_lens[of][:, None] + torch.arange(width)).to(device),
+        "positions": torch.tensor(positions, dtype=torch.long, device=device),
+        **_token_fields(samples, device),
     }
 
 
@@ -227,6 +361,10 @@ class Trainer:
             a.mode, a.clip, a.clip_eps, a.shaping, a.gamma, a.decoupled, a.is_cap, a.sft_coef
         )
         self.pad_id = int(getattr(self.model.lm.config, "pad_token_id", None) or 0)
+        lc = cfg.learner
+        self.share_prompts = lc.share_prompts and not lc.activation_checkpointing
+        if lc.share_prompts and lc.activation_checkpointing:
+            log.info("learner.share_prompts is off: activation checkpointing drops the KV cache")
         self.step = 0
         self.skipped = 0
 
@@ -258,9 +396,7 @@ class Trainer:
     def train_step(self, batch: TrainBatch) -> StepResult:
         started = time.perf_counter()
         samples = batch.samples
-        plan = plan_microbatches(
-            [len(s.input_ids) for s in samples], self.cfg.learner.micro_batch_tokens, self.world
-        )[self.rank]
+        plan = self._plan(samples)[self.rank]
         n_tokens = sum(s.response_len for s in samples)
         denom = loss_denominator(
             self.cfg.algorithm.loss_agg, len(samples), n_tokens, self.cfg.algorithm.max_response_len
@@ -296,11 +432,23 @@ class Trainer:
             self.scheduler.get_last_lr()[0],
         )
 
+    def _plan(self, samples: list[Sample]) -> list[list[list[int]]]:
+        budget = self.cfg.learner.micro_batch_tokens
+        if self.share_prompts:
+            return plan_shared_microbatches(
+                [prompt_key(s) for s in samples],
+                [s.prompt_len for s in samples],
+                [s.response_len for s in samples],
+                budget,
+                self.world,
+            )
+        return plan_microbatches([len(s.input_ids) for s in samples], budget, self.world)
+
     def _micro_step(self, samples: list[Sample], denom: float, n_tokens: int) -> torch.Tensor:
-        batch = collate(samples, self.pad_id, self.device)
-        logp, entropy = self.model(
-            batch["input_ids"], batch["attention_mask"], batch["positions"], batch["targets"]
+        batch = (collate_shared if self.share_prompts else collate)(
+            samples, self.pad_id, self.device
         )
+        logp, entropy = self.model(batch)
         parts = token_losses(self.objective, logp, batch["behav"], batch["adv"], batch["off"])
         total = parts["on"].sum() + parts["off"].sum() + parts["sft"].sum()
         # FSDP averages gradients over ranks: scale so the sum over ranks is the batch loss
@@ -437,7 +585,10 @@ __all__ = [
     "StepResult",
     "Trainer",
     "collate",
+    "collate_shared",
     "init_distributed",
     "list_checkpoints",
     "plan_microbatches",
+    "plan_shared_microbatches",
+    "prompt_key",
 ]

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from learner.train import list_checkpoints, plan_microbatches
+from learner.train import list_checkpoints, plan_microbatches, plan_shared_microbatches
 from tests.integration.helpers import REPO
 
 
@@ -38,14 +38,27 @@ def run(tmp_path, model_dir, name, *args, ranks=1):
     return json.loads(out.read_text())
 
 
-def test_two_rank_fsdp_step_equals_one_rank_step(tmp_path, tiny_model_dir):
-    one = run(tmp_path, tiny_model_dir, "one", 2)
-    two = run(tmp_path, tiny_model_dir, "two", 2, ranks=2)
-    assert one["world"] == 1 and two["world"] == 2
+def assert_same_training(a, b, loss_tol=1e-6, rel_tol=1e-5):
     for step in ("1", "2"):
-        assert abs(one["losses"][step] - two["losses"][step]) < 1e-6
-    for name, value in one["checksum"].items():
-        assert abs(value - two["checksum"][name]) <= 1e-5 * max(1.0, abs(value)), name
+        assert abs(a["losses"][step] - b["losses"][step]) < loss_tol
+    for name, value in a["checksum"].items():
+        assert abs(value - b["checksum"][name]) <= rel_tol * max(1.0, abs(value)), name
+
+
+@pytest.mark.parametrize("share", [True, False], ids=["shared-prompts", "row-per-sample"])
+def test_two_rank_fsdp_step_equals_one_rank_step(tmp_path, tiny_model_dir, share):
+    # with prompt sharing, steps 1 and 2 each leave one rank a padding micro-batch
+    flags = [] if share else ["--no-share"]
+    one = run(tmp_path, tiny_model_dir, "one", 2, *flags)
+    two = run(tmp_path, tiny_model_dir, "two", 2, *flags, ranks=2)
+    assert one["world"] == 1 and two["world"] == 2
+    assert_same_training(one, two)
+
+
+def test_shared_prompts_train_like_one_row_per_sample(tmp_path, tiny_model_dir):
+    shared = run(tmp_path, tiny_model_dir, "shared", 2)
+    rows = run(tmp_path, tiny_model_dir, "rows", 2, "--no-share")
+    assert_same_training(shared, rows, loss_tol=1e-5)
 
 
 def test_resume_continues_with_identical_next_step_loss(tmp_path, tiny_model_dir):
@@ -109,6 +122,77 @@ def test_micro_batch_plan(world):
                 assert max(lengths[i] for i in micro) * len(micro) <= 60
 
 
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_shared_micro_batch_plan_keeps_groups_together(world):
+    keys = ["a", "a", "a", "b", "b", "c", "a", "c", "d"]
+    prompt = {"a": 10, "b": 4, "c": 6, "d": 3}
+    responses = [20, 5, 12, 25, 7, 9, 3, 9, 50]
+    budget = 60
+    plan = plan_shared_microbatches(keys, [prompt[k] for k in keys], responses, budget, world)
+    assert len(plan) == world and len({len(p) for p in plan}) == 1
+    seen = sorted(i for rank in plan for micro in rank for i in micro)
+    assert seen == list(range(len(keys)))
+    for rank in plan:
+        for micro in rank:
+            if len(micro) > 1:
+                groups = {keys[i] for i in micro}
+                padded = len(groups) * max(prompt[keys[i]] for i in micro) + len(micro) * max(
+                    responses[i] for i in micro
+                )
+                assert padded <= budget, (micro, padded)
+    # "a" (10 + 4 x 20 = 90 > 60) is cut in two pieces; "b", "c" fit whole and are never split
+    where = {
+        k: {
+            (r, m)
+            for r, rank in enumerate(plan)
+            for m, micro in enumerate(rank)
+            for i in micro
+            if keys[i] == k
+        }
+        for k in prompt
+    }
+    assert len(where["a"]) == 2 and len(where["b"]) == 1 and len(where["c"]) == 1
+
+
+def test_shared_prompt_logprobs_and_gradients_match_one_row_per_sample(tiny_model_dir):
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import learner.train as train
+    from learner.batch import Sample
+
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    policy = train.PolicyLogprobs(lm)
+    rng = random.Random(0)
+    samples = []
+    for _ in range(3):  # prompts of different lengths; responses of 0..12 tokens
+        prompt = [rng.randrange(5, 500) for _ in range(rng.randint(3, 9))]
+        for _ in range(4):
+            r = rng.randint(0, 12)
+            completion = [rng.randrange(5, 500) for _ in range(r)]
+            samples.append(Sample(prompt + completion, len(prompt), [0.0] * r, 1.0, False, 1.0, 0))
+    rng.shuffle(samples)
+
+    def forward_backward(collate):
+        lm.zero_grad()
+        logp, entropy = policy(collate(samples, 0, torch.device("cpu")))
+        (logp * torch.linspace(-1.0, 1.0, logp.numel())).sum().backward()
+        return (
+            logp.detach(),
+            entropy.detach(),
+            {n: p.grad.clone() for n, p in lm.named_parameters()},
+        )
+
+    rows, shared = forward_backward(train.collate), forward_backward(train.collate_shared)
+    assert shared[0].shape == rows[0].shape == (sum(s.response_len for s in samples),)
+    assert torch.allclose(shared[0], rows[0], atol=1e-5)
+    assert torch.allclose(shared[1], rows[1], atol=1e-5)
+    for name, grad in rows[2].items():
+        assert torch.allclose(shared[2][name], grad, atol=1e-5, rtol=1e-4), name
+
+
 def test_chunked_logprobs_match_the_full_vocab_computation(tiny_model_dir, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM
@@ -124,7 +208,7 @@ def test_chunked_logprobs_match_the_full_vocab_computation(tiny_model_dir, monke
         Sample([5, 6, 12, 13, 14, 15, 16, 17, 18, 19, 20], 2, [0.0] * 9, 1.0, False, 1.0, 0),
     ]
     b = train.collate(samples, 0, torch.device("cpu"))
-    logp, entropy = policy(b["input_ids"], b["attention_mask"], b["positions"], b["targets"])
+    logp, entropy = policy(b)
     logp.sum().backward()
     chunked_grad = lm.lm_head.weight.grad.clone()
     lm.zero_grad()

@@ -1,7 +1,7 @@
 """Trainer runs for tests, one or two ranks (under torchrun).
 
     python -m tests.integration.train_procs MODEL_DIR OUT.json STEPS [--save-at N] [--resume DIR]
-        [--nan-at N] [--ckpt-root DIR] [--keep-last K]
+        [--nan-at N] [--ckpt-root DIR] [--keep-last K] [--no-share]
 
 Batches are a fixed function of the step number, so runs are comparable.
 """
@@ -24,8 +24,8 @@ def batch_for(step: int, nan: bool = False) -> TrainBatch:
     rng = random.Random(step)
     samples = []
     for _g in range(3):
+        prompt = [rng.randrange(500) for _ in range(rng.randint(4, 10))]  # a group shares it
         for i in range(8):
-            prompt = [rng.randrange(500) for _ in range(8)]
             completion = [rng.randrange(500) for _ in range(rng.randint(4, 24))]
             adv = float("nan") if nan else rng.choice([-1.0, -0.25, 0.5, 1.0])
             samples.append(
@@ -46,6 +46,7 @@ def main() -> None:
     p.add_argument("--nan-at", type=int, default=0)
     p.add_argument("--ckpt-root", default="")
     p.add_argument("--keep-last", type=int, default=3)
+    p.add_argument("--no-share", action="store_true", help="learner.share_prompts = false")
     a = p.parse_args()
     cfg = load_config(
         overrides=[
@@ -57,6 +58,8 @@ def main() -> None:
             "200",
             "--sync.backend",
             "gloo",
+            "--learner.share_prompts",
+            str(not a.no_share).lower(),
         ],
         environ={},
     )
