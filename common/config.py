@@ -201,6 +201,10 @@ class LearnerConfig(_Section):
     """CPU threads for this process's torch/OpenMP work (0 = torch's default: every core). On
     a shared CPU machine keep the sum over the stack's processes at most the core count: idle
     OpenMP threads spin, and oversubscribed processes slowed each other ~4x in bench/pipeline."""
+    keep_freed_memory: bool = True
+    """Tune glibc's malloc in learner processes to keep freed memory for the next step instead
+    of returning it to the kernel and faulting it back in (tiny model on CPU: step 1.25x
+    faster, kernel time 13% -> 6%; the process keeps its peak heap)."""
     bf16: bool = False
     """bf16 mixed precision (GPU)."""
     activation_checkpointing: bool = False

@@ -86,6 +86,28 @@ def limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def keep_freed_memory(enabled: bool) -> None:
+    """Have glibc keep freed heap memory for reuse (mmap only above 32 MB, trim above 1 GB,
+    grow the heap 64 MB at a time). By default a training step's large activations and
+    gradients are mmapped, unmapped and faulted back in every step: the tiny learner spent 13%
+    of its CPU in the kernel and its step ran 1.25x slower. Not glibc (musl, macOS): no-op."""
+    if not enabled:
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's malloc.h
+    for option, value in ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 1 << 30)):
+        if not libc.mallopt(option, value):
+            log.warning(
+                "mallopt(%d, %d) refused; freed memory goes back to the kernel", option, value
+            )
+    libc.mallopt(m_top_pad, 64 << 20)
+
+
 def run_role(
     role: str, ctx: typer.Context, config: Path | None, print_config: bool, extra: list[str] = ()
 ) -> None:
@@ -94,6 +116,7 @@ def run_role(
         typer.echo(config_toml(cfg), nl=False)
         return
     limit_threads(getattr(getattr(cfg, role), "threads", 0))
+    keep_freed_memory(role == "learner" and cfg.learner.keep_freed_memory)
     worker_cls = load_worker(role)
     from services.runtime import ServiceRuntime, default_member_id
 
@@ -139,6 +162,7 @@ def learner(
 
         setup_logging(cfg.run.log_level, "learner", f"rank{os.environ['RANK']}")
         limit_threads(cfg.learner.threads)
+        keep_freed_memory(cfg.learner.keep_freed_memory)
         raise typer.Exit(follow(cfg))
     run_role("learner", ctx, config, False, extra)
 
