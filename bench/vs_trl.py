@@ -109,9 +109,17 @@ def run_ours(model: Path, task: Path, steps: int, out: Path, url: str) -> dict:
     }
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median samples/s (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda r: r["samples_per_s"])[(len(runs) - 1) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="ours then TRL, this many times; medians reported"
+    )
     parser.add_argument("--trl-python", default=".venv-trl/bin/python")
     parser.add_argument("--out", default="runs/bench-vs-trl")
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
@@ -122,11 +130,15 @@ def main() -> None:
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     python = ensure_trl((REPO / args.trl_python).absolute())
+    runs: list[tuple[dict, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_model(Path(tmp) / "model", seed=0)
         task = make_task(Path(tmp) / "task", n_train=2000, n_eval=10)
-        ours = run_ours(model, task, args.steps, out, args.url)
-        trl = run_trl(python, model, task / "train.jsonl", args.steps)
+        for _ in range(args.rounds):  # interleaved: this VM's speed drifts within minutes
+            ours_run = run_ours(model, task, args.steps, out, args.url)
+            runs.append((ours_run, run_trl(python, model, task / "train.jsonl", args.steps)))
+    ours = median_run([o for o, _ in runs])
+    trl = median_run([t for _, t in runs])
     print(
         json.dumps(
             {
@@ -141,11 +153,17 @@ def main() -> None:
                     "lr": 1e-3,
                     "loss": "dr_grpo, no KL, float32 CPU",
                 },
+                "rounds": args.rounds,
                 "ours_samples_per_s": round(ours["samples_per_s"], 2),
                 "trl_samples_per_s": round(trl["samples_per_s"], 2),
                 "ratio": round(ours["samples_per_s"] / trl["samples_per_s"], 2),
+                "round_ratios": [
+                    round(o["samples_per_s"] / t["samples_per_s"], 2) for o, t in runs
+                ],
                 "ours": ours,
                 "trl": trl,
+                "ours_runs": [round(o["samples_per_s"], 2) for o, _ in runs],
+                "trl_runs": [round(t["samples_per_s"], 2) for _, t in runs],
                 "target": 1.5,
             },
             indent=2,
