@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/run_all.py [--out runs/bench-all.json] [--quick]
 
-Order: transport, verifier, generator, overhead, pipeline, vs_trl, luffy_vs_grpo (the last
+Order: transport, verifier, generator, overhead, pipeline, learner, vs_trl, luffy_vs_grpo (the last
 takes 2 x --minutes). None of these are timed tests in the test suite.
 """
 
@@ -44,7 +44,10 @@ def main() -> None:
         "generator": run("generator", "--rounds", "2" if quick else "3"),
         "overhead": run("overhead", "--rounds", "2" if quick else "3"),
         "pipeline": run("pipeline", "--steps", "20" if quick else "40"),
-        "vs_trl": run("vs_trl", "--steps", "10" if quick else "20"),
+        "learner": run("learner", "--rounds", "1" if quick else "3"),
+        "vs_trl": run(
+            "vs_trl", "--steps", "20" if quick else "40", "--rounds", "1" if quick else "3"
+        ),
         "luffy_vs_grpo": run("luffy_vs_grpo", "--minutes", str(5 if quick else args.minutes)),
     }
     out = REPO / args.out
