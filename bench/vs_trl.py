@@ -16,6 +16,7 @@ Target (issue #8): ours >= 1.5 x TRL.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -97,16 +98,61 @@ def run_ours(model: Path, task: Path, steps: int, out: Path, url: str) -> dict:
         "1e-3",
     ]
     with (out / f"{run}.log").open("w") as log:
-        code = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        snapshots = watch_cpu(proc)
     train, _ = read_metrics(out / run / "metrics.jsonl")
     steady = train[-1]["time"] - train[0]["time"]
     samples = sum(r["samples_on"] for r in train[1:])
     return {
-        "exit_code": code,
+        "exit_code": proc.returncode,
         "steps": len(train),
         "steady_s": round(steady, 2),
         "samples_per_s": samples / steady,
+        "cpu_ms_per_step": cpu_per_step(snapshots, train[0]["time"], train[-1]["time"], len(train)),
     }
+
+
+def cpu_by_role(up_pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of each role's processes with their children (the
+    verifier's scoring workers, vLLM helpers), and of ``luffy up`` itself."""
+    import psutil
+
+    from services.up import role_of_command
+
+    up = psutil.Process(up_pid)
+    totals = {"up": sum(up.cpu_times()[:2])}
+    for child in up.children():
+        try:
+            role = role_of_command(" ".join(child.cmdline())) or "other"
+            procs = [child, *child.children(recursive=True)]
+            totals[role] = totals.get(role, 0.0) + sum(sum(p.cpu_times()[:2]) for p in procs)
+        except psutil.Error:
+            continue
+    return totals
+
+
+def watch_cpu(proc: subprocess.Popen, every_s: float = 0.25) -> list[tuple[float, dict]]:
+    """(wall time, cpu_by_role) every ``every_s`` until ``proc`` exits."""
+    import psutil
+
+    snapshots = []
+    while proc.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            snapshots.append((time.time(), cpu_by_role(proc.pid)))
+        time.sleep(every_s)  # sampling period of a monitor, not synchronization
+    return snapshots
+
+
+def cpu_per_step(snapshots: list, start: float, end: float, steps: int) -> dict[str, float]:
+    """Milliseconds of CPU per training step by role over the steady window (the snapshots
+    nearest to the first and the last step), and the window's wall ms per step."""
+    if not snapshots or steps < 2:
+        return {}
+    a = min(snapshots, key=lambda s: abs(s[0] - start))
+    b = min(snapshots, key=lambda s: abs(s[0] - end))
+    per = 1000.0 / (steps - 1)
+    cpu = {role: round((b[1][role] - a[1].get(role, 0.0)) * per, 1) for role in b[1]}
+    return {**cpu, "wall": round((b[0] - a[0]) * per, 1)}
 
 
 def median_run(runs: list[dict]) -> dict:

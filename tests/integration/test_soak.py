@@ -29,6 +29,7 @@ import pytest
 from common.config import RedisConfig
 from common.membership import list_members
 from common.transport import Keys, Resilient, delete_run_keys
+from services.up import role_of_command
 from tests.integration.helpers import spawn_up, wait_for
 
 SOAK_S = float(os.environ.get("SOAK_SECONDS", "600"))
@@ -42,13 +43,9 @@ REDIS_GROWTH = 32 << 20
 
 def role_of(proc: psutil.Process) -> str | None:
     try:
-        cmd = " ".join(proc.cmdline())
+        return role_of_command(" ".join(proc.cmdline()))
     except psutil.Error:
         return None
-    for role in ("learner", "generator", "verifier"):
-        if f"services.{role}" in cmd or f"luffy {role}" in cmd:
-            return role
-    return None
 
 
 def rss_by_role(up_pid: int) -> dict[str, int]:
