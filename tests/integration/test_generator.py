@@ -142,13 +142,20 @@ def rollouts_of(rclient, keys):
     return [decode_rollout(f[b"d"]) for _, f in rclient.xrange(keys.stream("rollouts"))]
 
 
-def wait_registered(resilient, keys, gen_id, timeout_s=180):
+def wait_registered(resilient, keys, gen_id, proc, timeout_s=180):
+    """The generator's membership record once its engine is up; on a timeout the failure
+    shows whether ``proc`` exited and the end of its output."""
+
     def ready():
         members = {m["id"]: m for m in list_members(resilient, keys, "generator")}
         member = members.get(gen_id)
         return member if member and member.get("sync_ranks") else None
 
-    return wait_for(ready, timeout_s, f"generator {gen_id} to be serving")
+    try:
+        return wait_for(ready, timeout_s, f"generator {gen_id} to be serving")
+    except AssertionError as exc:
+        tail = "".join(proc.lines)[-4000:]
+        raise AssertionError(f"{exc}; exit code {proc.poll()}; its output:\n{tail}") from None
 
 
 def state_dict(model_dir):
@@ -166,7 +173,7 @@ def test_weight_broadcast_from_another_process_changes_the_live_generator(
         redis_url, run_name, tiny_model_dir, tmp_path, "g1", "--generator.engine", engine
     )
     try:
-        wait_registered(resilient, keys, "g1")
+        wait_registered(resilient, keys, "g1", proc)
         publish_tasks(resilient, keys, 2, prefix="before")
         wait_for(lambda: rclient.xlen(keys.stream("rollouts")) == 8, 120, "version-0 rollouts")
         broadcaster = WeightBroadcaster(resilient, keys, SyncConfig(timeout_s=60))
@@ -180,7 +187,7 @@ def test_weight_broadcast_from_another_process_changes_the_live_generator(
         assert SyncBoard(resilient, keys).policy_version() == 2
         publish_tasks(resilient, keys, 2, prefix="after")
         wait_for(lambda: rclient.xlen(keys.stream("rollouts")) == 16, 120, "version-1 rollouts")
-        port = wait_registered(resilient, keys, "g1")["port"]
+        port = wait_registered(resilient, keys, "g1", proc)["port"]
         status = httpx.get(f"http://127.0.0.1:{port}/status").json()
     finally:
         stop(proc)
@@ -213,7 +220,7 @@ def test_a_sync_that_times_out_leaves_the_old_version_serving(
         "3",
     )
     try:
-        wait_registered(resilient, keys, "g1")
+        wait_registered(resilient, keys, "g1", proc)
         broadcaster = WeightBroadcaster(resilient, keys, SyncConfig(timeout_s=30))
         assert broadcaster.push(1, state_dict(other_model_dir).items()).ok
         # a learner that announces version 2 and then never sends it (it died)
@@ -228,7 +235,7 @@ def test_a_sync_that_times_out_leaves_the_old_version_serving(
         assert ack["ok"] is False
         publish_tasks(resilient, keys, 1)
         wait_for(lambda: rclient.xlen(keys.stream("rollouts")) == 4, 60, "rollouts")
-        port = wait_registered(resilient, keys, "g1")["port"]
+        port = wait_registered(resilient, keys, "g1", proc)["port"]
         status = httpx.get(f"http://127.0.0.1:{port}/status").json()
     finally:
         stop(proc)
@@ -247,8 +254,8 @@ def test_two_replicas_share_tasks_and_a_sigkill_mid_batch_loses_nothing(
     survivor = start_generator(redis_url, run_name, tiny_model_dir, tmp_path, "survivor", *common)
     n_tasks = 40
     try:
-        wait_registered(resilient, keys, "victim")
-        wait_registered(resilient, keys, "survivor")
+        wait_registered(resilient, keys, "victim", victim)
+        wait_registered(resilient, keys, "survivor", survivor)
         publish_tasks(resilient, keys, n_tasks, n=4, max_new=48)
 
         def victim_mid_batch():
@@ -280,7 +287,7 @@ def test_tasks_no_engine_can_serve_go_to_deadletter(
         redis_url, run_name, tiny_model_dir, tmp_path, "g1", "--generator.engine", "hf"
     )
     try:
-        wait_registered(resilient, keys, "g1")
+        wait_registered(resilient, keys, "g1", proc)
         bad = [
             Task("oov", "p", [5, 99999], 2, SamplingParams(), "1"),
             Task("long", "p", [5] * 2000, 2, SamplingParams(), "1"),

@@ -37,7 +37,7 @@ def test_nccl_push_into_vllm_on_gpu(
         "0.3",
     )
     try:
-        wait_registered(resilient, keys, "gpu0", timeout_s=600)
+        wait_registered(resilient, keys, "gpu0", proc, timeout_s=600)
         broadcaster = WeightBroadcaster(resilient, keys, SyncConfig(backend="nccl", timeout_s=120))
         assert broadcaster.backend == "nccl"
         weights = {n: t.cuda() for n, t in state_dict(other_model_dir).items()}
