@@ -485,12 +485,22 @@ def iter_fields(model: type[BaseModel] = Config, prefix: str = ""):
 
 
 def write_resolved(config: Config, run_dir: Path, role: str) -> Path:
-    """Write the resolved config of ``role`` to ``<run_dir>/config.<role>.json`` and return it."""
+    """Write the resolved config of ``role`` to ``<run_dir>/config.<role>.json`` and return it.
+    Atomic, and safe when replicas of a role start together: each writes its own temporary
+    file (a shared name let one replica's rename take the file from under the other's)."""
+    import tempfile
+
     run_dir.mkdir(parents=True, exist_ok=True)
     out = run_dir / f"config.{role}.json"
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config.to_toml_dict(), indent=2, sort_keys=True))
-    tmp.replace(out)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".config.{role}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # mkstemp makes it owner-only; the run folder's files are readable
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(config.to_toml_dict(), indent=2, sort_keys=True))
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return out
 
 

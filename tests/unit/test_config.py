@@ -1,3 +1,4 @@
+import json
 import tomllib
 from pathlib import Path
 
@@ -120,3 +121,30 @@ def test_printed_config_round_trips(tmp_path):
     again = Config.model_validate(tomllib.loads(text))
     assert again.learner == cfg.learner
     assert again.algorithm == cfg.algorithm
+
+
+def test_replicas_writing_their_resolved_config_at_once_all_succeed(tmp_path):
+    # two replicas of a role start together and write config.<role>.json into one run folder;
+    # a shared temporary file name made one of them crash at start (its rename found nothing)
+    import threading
+
+    from common.config import write_resolved
+
+    cfg = load_config(environ={})
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for _ in range(50):
+                write_resolved(cfg, tmp_path, "generator")
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert json.loads((tmp_path / "config.generator.json").read_text())["run"]["name"]
+    assert [p.name for p in tmp_path.iterdir()] == ["config.generator.json"]
