@@ -100,6 +100,10 @@ def run_ours(model: Path, task: Path, steps: int, out: Path, url: str) -> dict:
     with (out / f"{run}.log").open("w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         snapshots = watch_cpu(proc)
+    from common.config import RedisConfig
+    from common.transport import Keys, Resilient, delete_run_keys
+
+    delete_run_keys(Resilient.from_config(RedisConfig(url=url)).client, Keys(run))
     train, _ = read_metrics(out / run / "metrics.jsonl")
     steady = train[-1]["time"] - train[0]["time"]
     samples = sum(r["samples_on"] for r in train[1:])
