@@ -121,7 +121,7 @@ def cpu_by_role(up_pid: int) -> dict[str, float]:
     verifier's scoring workers, vLLM helpers), and of ``luffy up`` itself."""
     import psutil
 
-    from services.up import role_of_command
+    from services.stack import role_of_command
 
     up = psutil.Process(up_pid)
     totals = {"up": sum(up.cpu_times()[:2])}

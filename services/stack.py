@@ -22,6 +22,15 @@ def service_command(role: str, config_path: str) -> list[str]:
     return ["luffy", role, "--config", config_path]
 
 
+def role_of_command(cmd: str) -> str | None:
+    """The role a process runs, from its command line (``service_command``'s or
+    ``python -m services.<role>``); None when it is none of the stack's services."""
+    for role in ROLES:
+        if f"services.{role}" in cmd or f"luffy {role}" in cmd:
+            return role
+    return None
+
+
 def overrides_as_env(overrides: Sequence[str]) -> dict[str, str]:
     """``--learner.max_steps 5`` -> ``{"LUFFY_LEARNER__MAX_STEPS": "5"}`` for child processes."""
     return {
@@ -30,4 +39,4 @@ def overrides_as_env(overrides: Sequence[str]) -> dict[str, str]:
     }
 
 
-__all__ = ["ONESHOT", "ROLES", "overrides_as_env", "service_command"]
+__all__ = ["ONESHOT", "ROLES", "overrides_as_env", "role_of_command", "service_command"]

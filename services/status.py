@@ -10,8 +10,7 @@ import httpx
 from common.config import Config
 from common.membership import list_members
 from common.transport import Keys, Resilient, stream_depths
-
-ROLES = ("learner", "generator", "verifier")
+from services.stack import ROLES
 
 
 def status_client(timeout_s: float = 0.5) -> httpx.Client:

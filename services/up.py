@@ -257,14 +257,6 @@ def up_args(config: str, run: str, out_dir: str | Path, *overrides: str) -> list
     ]
 
 
-def role_of_command(cmd: str) -> str | None:
-    """The service role a process of the stack runs, from its command line (None: not one)."""
-    for role in ("learner", "generator", "verifier"):
-        if f"services.{role}" in cmd or f"luffy {role}" in cmd:
-            return role
-    return None
-
-
 def continue_or_refuse(cfg: Config, url: str, supervisor: Supervisor) -> str | None:
     """A run folder with checkpoints is continued (the learner starts with resume); a run
     name whose state is in Redis without any checkpoint cannot be continued: refuse, naming

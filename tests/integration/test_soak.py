@@ -29,7 +29,7 @@ import pytest
 from common.config import RedisConfig
 from common.membership import list_members
 from common.transport import Keys, Resilient, delete_run_keys
-from services.up import role_of_command
+from services.stack import role_of_command
 from tests.integration.helpers import spawn_up, wait_for
 
 SOAK_S = float(os.environ.get("SOAK_SECONDS", "600"))
