@@ -3,6 +3,7 @@ policy version) and every live service's /status (versions, rates, stale drops).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import httpx
@@ -20,13 +21,9 @@ def status_client(timeout_s: float = 0.5) -> httpx.Client:
     return httpx.Client(timeout=timeout_s, trust_env=False)
 
 
-def fetch_status(member: dict[str, Any], http: httpx.Client | None = None) -> dict[str, Any]:
+def fetch_status(member: dict[str, Any], http: httpx.Client) -> dict[str, Any]:
     try:
-        url = f"http://{member['host']}:{member['port']}/status"
-        if http is None:
-            with status_client() as own:
-                return own.get(url).json()
-        return http.get(url).json()
+        return http.get(f"http://{member['host']}:{member['port']}/status").json()
     except (httpx.HTTPError, ValueError, KeyError):
         return {}
 
@@ -52,9 +49,10 @@ def collect(
         "streams": stream_depths(redis_, keys),
     }
     if with_services:
-        snap["statuses"] = {
-            role: [fetch_status(m, http) for m in ms] for role, ms in members.items()
-        }
+        with nullcontext(http) if http else status_client() as client:
+            snap["statuses"] = {
+                role: [fetch_status(m, client) for m in ms] for role, ms in members.items()
+            }
     return snap
 
 
