@@ -156,29 +156,40 @@ def build_model(cfg: Config, device: torch.device) -> PolicyLogprobs:
 # --------------------------------------------------------------------------- micro-batches
 
 
+def _pack(units: list[list[int]], cost, fits, world: int) -> list[list[list[int]]]:
+    """Deal ``units`` (lists of sample indices kept together), most costly first, to the
+    least loaded of ``world`` ranks; on each rank, join consecutive units into one micro-batch
+    while ``fits(units)``; pad every rank with empty micro-batches to the same count (a rank
+    with nothing to do still takes part in FSDP's collectives)."""
+    ranks: list[list[list[int]]] = [[] for _ in range(world)]
+    load = [0] * world
+    for unit in sorted(units, key=cost, reverse=True):  # stable: ties keep their order
+        r = load.index(min(load))
+        ranks[r].append(unit)
+        load[r] += cost(unit)
+    plans = []
+    for rank_units in ranks:
+        micro: list[list[list[int]]] = []
+        for unit in rank_units:
+            if micro and fits([*micro[-1], unit]):
+                micro[-1].append(unit)
+            else:
+                micro.append([unit])
+        plans.append([[i for unit in m for i in unit] for m in micro])
+    depth = max(1, max(len(p) for p in plans))
+    return [p + [[] for _ in range(depth - len(p))] for p in plans]
+
+
 def plan_microbatches(lengths: list[int], token_budget: int, world: int) -> list[list[list[int]]]:
     """Split sample indices into ``world`` ranks x the same number of micro-batches each, where
     a micro-batch's padded size (longest x count) stays within ``token_budget`` (a sample longer
     than the budget goes alone). Ranks are balanced by tokens; an empty list is a padding
-    micro-batch (a rank with nothing to do still takes part in FSDP's collectives)."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    ranks: list[list[int]] = [[] for _ in range(world)]
-    load = [0] * world
-    for i in order:
-        r = load.index(min(load))
-        ranks[r].append(i)
-        load[r] += lengths[i]
-    plans = []
-    for items in ranks:
-        micro: list[list[int]] = []
-        for i in items:  # items are longest first, so the first of a micro-batch is its longest
-            if micro and lengths[micro[-1][0]] * (len(micro[-1]) + 1) <= token_budget:
-                micro[-1].append(i)
-            else:
-                micro.append([i])
-        plans.append(micro)
-    depth = max(1, max(len(p) for p in plans))
-    return [p + [[] for _ in range(depth - len(p))] for p in plans]
+    micro-batch."""
+
+    def fits(units: list[list[int]]) -> bool:
+        return max(lengths[u[0]] for u in units) * len(units) <= token_budget
+
+    return _pack([[i] for i in range(len(lengths))], lambda u: lengths[u[0]], fits, world)
 
 
 def plan_shared_microbatches(
@@ -207,28 +218,12 @@ def plan_shared_microbatches(
             piece.append(i)
         units.append(piece)
 
-    def size(samples: list[int], prompts: int) -> int:
+    def size(pieces: list[list[int]]) -> int:
+        samples = [i for piece in pieces for i in piece]
         longest_prompt = max(prompt_lens[i] for i in samples)
-        return prompts * longest_prompt + len(samples) * max(response_lens[i] for i in samples)
+        return len(pieces) * longest_prompt + len(samples) * max(response_lens[i] for i in samples)
 
-    units.sort(key=lambda u: -size(u, 1))
-    ranks: list[list[list[int]]] = [[] for _ in range(world)]
-    load = [0] * world
-    for unit in units:
-        r = load.index(min(load))
-        ranks[r].append(unit)
-        load[r] += size(unit, 1)
-    plans = []
-    for rank_units in ranks:
-        micro: list[tuple[list[int], int]] = []  # (samples, prompts)
-        for unit in rank_units:
-            if micro and size(micro[-1][0] + unit, micro[-1][1] + 1) <= token_budget:
-                micro[-1] = (micro[-1][0] + unit, micro[-1][1] + 1)
-            else:
-                micro.append((list(unit), 1))
-        plans.append([m for m, _ in micro])
-    depth = max(1, max(len(p) for p in plans))
-    return [p + [[] for _ in range(depth - len(p))] for p in plans]
+    return _pack(units, lambda u: size([u]), lambda us: size(us) <= token_budget, world)
 
 
 def prompt_key(sample: Sample) -> tuple[int, ...]:
@@ -251,9 +246,9 @@ def _token_fields(samples: list[Sample], device: torch.device) -> dict[str, torc
     }
 
 
-def _right_padded(rows: list[list[int]], pad_id: int, width: int = 1):
-    """[len(rows), max(width, longest)] ids and 0/1 mask."""
-    width = max(width, max((len(r) for r in rows), default=0))
+def _right_padded(rows: list[list[int]], pad_id: int):
+    """[len(rows), max(1, longest)] ids and 0/1 mask."""
+    width = max(1, max((len(r) for r in rows), default=0))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for row, tokens in enumerate(rows):
@@ -361,7 +356,6 @@ class Trainer:
             a.mode, a.clip, a.clip_eps, a.shaping, a.gamma, a.decoupled, a.is_cap, a.sft_coef
         )
         self.pad_id = int(getattr(self.model.lm.config, "pad_token_id", None) or 0)
-        lc = cfg.learner
         self.share_prompts = lc.share_prompts and not lc.activation_checkpointing
         if lc.share_prompts and lc.activation_checkpointing:
             log.info("learner.share_prompts is off: activation checkpointing drops the KV cache")
