@@ -89,7 +89,7 @@ class RawPair:
         import torch
         import torch.distributed as dist
 
-        from common.embedded_redis import free_port
+        from common.net import free_port
 
         port = free_port()
         self.child = subprocess.Popen(
@@ -204,7 +204,7 @@ def main() -> None:
     parser.add_argument("--pushes", type=int, default=9)
     args = parser.parse_args()
     from common.config import TinyModelConfig
-    from common.tiny_model import build_tiny_model
+    from services.demo.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         small = build_tiny_model(Path(tmp) / "small", TinyModelConfig(), seed=0)

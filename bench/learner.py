@@ -39,9 +39,9 @@ def batches(model_dir: Path, count: int):
 
     from transformers import AutoTokenizer
 
-    from common.tiny_task import make_problem
     from learner.batch import Sample, TrainBatch
     from learner.data import prompt_ids
+    from services.demo.tiny_task import make_problem
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     rng = random.Random(0)
@@ -118,7 +118,7 @@ def main() -> None:
     if args.worker:
         worker(args.worker[0], args.worker[1], args.steps)
         return
-    from common.tiny_model import build_tiny_model
+    from services.demo.tiny_model import build_tiny_model
 
     runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 def run_mode(mode: str, minutes: float, out: Path, extra: list[str]) -> dict:
     from services.plot import read_metrics
-    from services.up import up_args
+    from services.supervisor import up_args
 
     name = f"{mode}-{int(time.time())}"
     cmd = [

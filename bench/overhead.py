@@ -37,8 +37,8 @@ N, MAX_TOKENS = 8, 40
 def prompts(model_dir: Path, count: int) -> list[list[int]]:
     from transformers import AutoTokenizer
 
-    from common.tiny_task import make_problem
     from learner.data import prompt_ids
+    from services.demo.tiny_task import make_problem
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     import random
@@ -198,7 +198,7 @@ def main() -> None:
         ids = prompts(args.raw_worker, args.prompts)
         print(json.dumps(raw_rate(args.raw_worker, ids, args.rounds)))
         return
-    from common.tiny_model import build_tiny_model
+    from services.demo.tiny_model import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_model(Path(tmp) / "m", seed=0)

@@ -58,7 +58,7 @@ def drop_run_keys(redis_url: str, run: str) -> None:
 
 def run_mode(lag: int, threads: int, steps: int, out: Path, redis_url: str, config: str) -> dict:
     from services.plot import read_metrics
-    from services.up import up_args
+    from services.supervisor import up_args
 
     run = f"pipe-lag{lag}-t{threads}-{int(time.time())}"
     cmd = [

@@ -66,7 +66,7 @@ def run_trl(python: Path, model: Path, train: Path, steps: int) -> dict:
 
 def run_ours(model: Path, task: Path, steps: int, out: Path, url: str) -> dict:
     from services.plot import read_metrics
-    from services.up import up_args
+    from services.supervisor import up_args
 
     run = f"vs-trl-{int(time.time())}"
     cmd = [
@@ -174,8 +174,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-vs-trl")
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
-    from common.tiny_model import build_tiny_model
-    from common.tiny_task import make_task
+    from services.demo.tiny_model import build_tiny_model
+    from services.demo.tiny_task import make_task
 
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

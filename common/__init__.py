@@ -1,2 +1,4 @@
-"""Shared foundation: config tree, wire schemas, Redis Streams transport, membership,
-metrics and logging helpers, embedded Redis and the tiny-model builder. No torch at import."""
+"""Shared foundation of every role: the config tree (``config``), wire schemas (``schemas``),
+the two transports (``transport``: rollouts over Redis Streams, and the weight-sync rendezvous),
+membership heartbeats, the process shell (``shell``: work loop + REST app), metrics, logging,
+sockets and the embedded Redis. No torch at import; imports no role package."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from urllib.parse import urlparse
 import redis
 
 from common.config import RedisConfig
+from common.net import free_port
 
 log = logging.getLogger(__name__)
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
@@ -43,12 +43,6 @@ def redis_reachable(url: str, timeout_s: float = 1.0) -> bool:
         return False
     finally:
         client.close()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def redis_server_binary() -> str:

@@ -51,7 +51,7 @@ def init_distributed(backend: str) -> tuple[int, int]:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         dist.init_process_group(backend)
     else:
-        from common.embedded_redis import free_port
+        from common.net import free_port
 
         dist.init_process_group(
             backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1

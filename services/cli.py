@@ -28,11 +28,11 @@ app = typer.Typer(
 log = logging.getLogger("luffy")
 OVERRIDES = {"allow_extra_args": True, "ignore_unknown_options": True}
 
-# role -> (module, worker factory, issue that delivers it)
+# role -> (module, worker class): imported only by the command that runs the role
 ROLE_WORKERS = {
-    "generator": ("generator.service", "GeneratorWorker", 4),
-    "verifier": ("verifier.service", "VerifierWorker", 3),
-    "learner": ("learner.service", "LearnerWorker", 5),
+    "generator": ("generator.worker", "GeneratorWorker"),
+    "verifier": ("verifier.worker", "VerifierWorker"),
+    "learner": ("learner.worker", "LearnerWorker"),
 }
 
 ConfigOpt = Annotated[
@@ -58,20 +58,9 @@ def config_toml(cfg: Config) -> str:
     return tomli_w.dumps(cfg.to_toml_dict())
 
 
-def not_implemented(what: str, issue: int) -> None:
-    typer.echo(f"luffy {what}: not implemented yet (planned in issue #{issue}).", err=True)
-    raise typer.Exit(3)
-
-
 def load_worker(role: str) -> Any:
-    module_name, factory, issue = ROLE_WORKERS[role]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        not_implemented(role, issue)
-    return getattr(module, factory)
+    module_name, name = ROLE_WORKERS[role]
+    return getattr(importlib.import_module(module_name), name)
 
 
 def limit_threads(threads: int) -> None:
@@ -118,7 +107,7 @@ def run_role(
     limit_threads(getattr(getattr(cfg, role), "threads", 0))
     keep_freed_memory(role == "learner" and cfg.learner.keep_freed_memory)
     worker_cls = load_worker(role)
-    from services.runtime import ServiceRuntime, default_member_id
+    from common.shell import ServiceRuntime, default_member_id
 
     member_id = getattr(cfg, role).id if hasattr(getattr(cfg, role), "id") else None
     member_id = member_id or default_member_id(role)
@@ -158,7 +147,7 @@ def learner(
     if cfg.learner.nproc > 1 and "RANK" not in os.environ:
         raise typer.Exit(launch_torchrun(cfg.learner.nproc, config, [*ctx.args, *extra]))
     if int(os.environ.get("RANK", "0")) > 0:
-        from learner.service import follow
+        from learner.worker import follow
 
         setup_logging(cfg.run.log_level, "learner", f"rank{os.environ['RANK']}")
         limit_threads(cfg.learner.threads)
@@ -191,7 +180,7 @@ def up(ctx: typer.Context, config: ConfigOpt = None, print_config: PrintOpt = Fa
     if print_config:
         typer.echo(config_toml(cfg), nl=False)
         return
-    from services.up import run_up
+    from services.supervisor import run_up
 
     raise typer.Exit(run_up(cfg, str(config) if config else None, list(ctx.args)))
 
@@ -201,10 +190,9 @@ def init(ctx: typer.Context, config: ConfigOpt = None) -> None:
     """Prepare a run's inputs: the tiny model and the synthetic task when they are missing."""
     cfg = resolve(config, list(ctx.args))
     setup_logging(cfg.run.log_level, "init")
-    from services.up import ensure_model, ensure_task
+    from services.demo import prepare_inputs
 
-    ensure_model(cfg)
-    ensure_task(cfg)
+    prepare_inputs(cfg)
 
 
 @app.command(context_settings=OVERRIDES)
@@ -305,7 +293,7 @@ def init_tiny_model(
 ) -> None:
     """Build the tiny Qwen2 model + tokenizer offline (shape from model.tiny)."""
     cfg = resolve(config, list(ctx.args))
-    from common.tiny_model import build_tiny_model
+    from services.demo.tiny_model import build_tiny_model
 
     path = build_tiny_model(out_dir, cfg.model.tiny, cfg.run.seed if seed is None else seed)
     typer.echo(f"tiny model written to {path}")

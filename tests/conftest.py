@@ -54,7 +54,7 @@ def resilient(redis_cfg: RedisConfig, rclient) -> Resilient:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from common.tiny_model import build_tiny_model
+    from services.demo.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), TinyModelConfig(), seed=0)
 
@@ -62,7 +62,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def other_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Same shape and tokenizer corpus as ``tiny_model_dir``, other weights (seed 1)."""
-    from common.tiny_model import build_tiny_model
+    from services.demo.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model-b"), TinyModelConfig(), seed=1)
 

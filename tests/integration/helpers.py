@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from services.up import up_args
+from services.supervisor import up_args
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")

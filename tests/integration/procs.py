@@ -17,8 +17,8 @@ from typing import Any
 from common.config import RedisConfig, load_config
 from common.logs import setup_logging
 from common.membership import Heartbeat
+from common.shell import ServiceContext, ServiceRuntime
 from common.transport import Keys, Output, Resilient, StreamConsumer
-from services.runtime import ServiceContext, ServiceRuntime
 
 
 class RelayWorker:

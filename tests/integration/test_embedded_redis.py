@@ -1,7 +1,8 @@
 import os
 
 from common.config import RedisConfig
-from common.embedded_redis import ensure_redis, free_port, redis_reachable
+from common.embedded_redis import ensure_redis, redis_reachable
+from common.net import free_port
 
 
 def pid_alive(pid: int) -> bool:

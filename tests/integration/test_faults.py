@@ -135,7 +135,7 @@ def test_generator_killed_mid_broadcast_is_dropped_and_rejoins(
     from safetensors.torch import load_file
 
     from common.config import TinyModelConfig
-    from common.tiny_model import build_tiny_model
+    from services.demo.tiny_model import build_tiny_model
 
     big = build_tiny_model(
         tmp_path / "big",

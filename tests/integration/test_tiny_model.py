@@ -1,8 +1,8 @@
 import hashlib
 
 from common.config import TinyModelConfig
-from common.tiny_model import build_tiny_model
 from learner.data import prompt_ids, trace_ids
+from services.demo.tiny_model import build_tiny_model
 
 
 def test_transformers_loads_and_generates_from_the_tiny_model(tiny_model_dir):

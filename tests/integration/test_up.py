@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from common.config import RedisConfig
-from common.embedded_redis import free_port
 from common.membership import list_members
+from common.net import free_port
 from common.transport import Keys, Resilient, delete_run_keys
 from tests.integration.helpers import REPO, spawn, spawn_up, wait_for
 
@@ -185,7 +185,8 @@ def test_luffy_up_with_an_unreachable_loopback_redis_embeds_one(tmp_path, tiny_m
     data = tmp_path / "task"
     proc = spawn(
         "-m",
-        "services.up",
+        "services",
+        "up",
         "--config",
         "configs/tiny-cpu.toml",
         "--redis.url",
@@ -220,7 +221,7 @@ def test_luffy_up_with_an_unreachable_loopback_redis_embeds_one(tmp_path, tiny_m
 
 def test_luffy_up_continues_a_checkpointed_run_and_refuses_a_stale_one(redis_url, tmp_path):
     from common.config import load_config
-    from services.up import Supervisor, continue_or_refuse
+    from services.supervisor import Supervisor, continue_or_refuse
 
     run = f"up-{uuid.uuid4().hex[:8]}"
     cfg = load_config(

@@ -4,7 +4,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from common.metrics import MetricNameError, Metrics
-from services.app import create_app
+from common.shell.app import create_app
 
 
 class Source:

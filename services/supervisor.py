@@ -37,27 +37,6 @@ STABLE_AFTER_S = 60.0
 STOP_GRACE_S = 90.0
 
 
-def ensure_model(cfg: Config) -> None:
-    """Build the tiny model at ``model.path`` when the folder has no config.json."""
-    if (cfg.model.path / "config.json").is_file():
-        return
-    from common.tiny_model import build_tiny_model
-
-    log.info("no model at %s: building the tiny model (seed %d)", cfg.model.path, cfg.run.seed)
-    build_tiny_model(cfg.model.path, cfg.model.tiny, cfg.run.seed)
-
-
-def ensure_task(cfg: Config) -> None:
-    """Write the synthetic task next to ``learner.train_file`` if asked to and missing."""
-    train = cfg.learner.train_file
-    if train is None or train.exists() or not cfg.learner.make_task_if_missing:
-        return
-    from common.tiny_task import make_task
-
-    log.info("no data at %s: writing the synthetic task", train)
-    make_task(train.parent, seed=cfg.run.seed)
-
-
 def run_init(config_path: str, env: dict[str, str], log_path: Path) -> int:
     """``luffy init`` as a child (the command compose's init service runs), waited for."""
     cmd = luffy_executable() + service_command("init", config_path)[1:]
@@ -246,7 +225,8 @@ def up_args(config: str, run: str, out_dir: str | Path, *overrides: str) -> list
     benchmarks start whole stacks this way."""
     return [
         "-m",
-        "services.up",
+        "services",
+        "up",
         "--config",
         config,
         "--run.name",
@@ -284,9 +264,3 @@ def _config_for_children(cfg: Config, config_path: str | None, run_dir: Path) ->
     path = run_dir / "config.toml"
     path.write_text(tomli_w.dumps(cfg.to_toml_dict()))
     return str(path)
-
-
-if __name__ == "__main__":
-    from services.cli import main
-
-    main(["up", *sys.argv[1:]])

@@ -26,8 +26,9 @@ from typing import Any, Protocol
 from common.config import Config, write_resolved
 from common.membership import Heartbeat
 from common.metrics import Metrics
+from common.net import bind_socket
+from common.shell.app import create_app
 from common.transport import Keys, Resilient, Stopped
-from services.app import create_app
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +67,6 @@ class Worker(Protocol):
 
 def default_member_id(role: str) -> str:
     return f"{role[:3]}-{socket.gethostname()}-{os.getpid()}"
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind before starting uvicorn so port 0 resolves to a real port we can publish."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
 
 
 class ServiceRuntime:
@@ -249,4 +239,4 @@ class ServiceRuntime:
             self._server.should_exit = True
 
 
-__all__ = ["ServiceContext", "ServiceRuntime", "Worker", "bind_socket", "default_member_id"]
+__all__ = ["ServiceContext", "ServiceRuntime", "Worker", "default_member_id"]

@@ -25,6 +25,7 @@ from collections import Counter
 from typing import Any
 
 from common.schemas import ScoredRollout, decode_scored
+from common.shell import ServiceContext
 from common.transport import (
     STREAM_GROUPS,
     Delivery,
@@ -41,7 +42,6 @@ from learner.data import load_examples, prompt_ids, trace_ids
 from learner.evaluation import EvalRounds
 from learner.feeder import Feeder
 from learner.train import StepResult, Trainer, list_checkpoints
-from services.runtime import ServiceContext
 
 log = logging.getLogger(__name__)
 LEARNER_CONSUMER = "learner"

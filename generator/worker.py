@@ -20,10 +20,10 @@ from collections import deque
 from typing import Any
 
 from common.schemas import Rollout, Task, decode_task, encode_rollout
+from common.shell import ServiceContext
 from common.transport import Delivery, Output, StreamConsumer
 from common.weight_sync import SyncBoard
 from generator.engines import Engine, GenRequest, make_engine
-from services.runtime import ServiceContext
 
 log = logging.getLogger(__name__)
 _RATE_WINDOW_S = 30.0

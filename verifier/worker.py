@@ -24,8 +24,8 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from common.schemas import Rollout, ScoredRollout, decode_rollout, encode_scored
+from common.shell import ServiceContext
 from common.transport import Delivery, Output, StreamConsumer, stream_depths
-from services.runtime import ServiceContext
 from verifier.pool import ScoringPool
 from verifier.rewards import Verdict, make_reward, missing_think_tag, reward_for_source
 

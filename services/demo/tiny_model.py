@@ -94,7 +94,7 @@ def build_tiny_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if corpus is None:
-        from common.tiny_task import corpus as task_corpus
+        from services.demo.tiny_task import corpus as task_corpus
 
         corpus = synthetic_corpus(seed=seed) + task_corpus(seed=seed)
     tokenizer = train_tokenizer(corpus, shape.vocab_size)

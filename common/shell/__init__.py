@@ -1,0 +1,7 @@
+"""The process shell every role runs in: a work loop in the main thread (``runtime``) and a REST
+app beside it (``app``: health, readiness, status, metrics, controls). A role brings a
+``Worker``; the shell owns the process around it."""
+
+from common.shell.runtime import ServiceContext, ServiceRuntime, Worker, default_member_id
+
+__all__ = ["ServiceContext", "ServiceRuntime", "Worker", "default_member_id"]

@@ -1,0 +1,42 @@
+"""The demo's inputs, built offline: the tiny random Qwen2 model (``tiny_model``) and the
+synthetic task with its worked traces (``tiny_task``). ``luffy init`` (and compose's ``init``
+service) call ``prepare_inputs``; tests and benchmarks build them directly. They import
+transformers and tokenizers, so they live here, above the role packages, not in common/."""
+
+from __future__ import annotations
+
+import logging
+
+from common.config import Config
+
+log = logging.getLogger("luffy.init")
+
+
+def ensure_model(cfg: Config) -> None:
+    """Build the tiny model at ``model.path`` when the folder has no config.json."""
+    if (cfg.model.path / "config.json").is_file():
+        return
+    from services.demo.tiny_model import build_tiny_model
+
+    log.info("no model at %s: building the tiny model (seed %d)", cfg.model.path, cfg.run.seed)
+    build_tiny_model(cfg.model.path, cfg.model.tiny, cfg.run.seed)
+
+
+def ensure_task(cfg: Config) -> None:
+    """Write the synthetic task next to ``learner.train_file`` if asked to and missing."""
+    train = cfg.learner.train_file
+    if train is None or train.exists() or not cfg.learner.make_task_if_missing:
+        return
+    from services.demo.tiny_task import make_task
+
+    log.info("no data at %s: writing the synthetic task", train)
+    make_task(train.parent, seed=cfg.run.seed)
+
+
+def prepare_inputs(cfg: Config) -> None:
+    """What ``luffy init`` does: the model, then the task, each only when missing."""
+    ensure_model(cfg)
+    ensure_task(cfg)
+
+
+__all__ = ["ensure_model", "ensure_task", "prepare_inputs"]
