@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from common.config import Config
-from common.weight_sync import GroupSpec, buckets_from_wire
+from common.transport.weight_sync import GroupSpec, buckets_from_wire
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class HfEngine:
         return 1
 
     def join_weight_group(self, spec: GroupSpec, first_rank: int) -> int:
-        from common.weight_sync import create_group
+        from common.transport.weight_sync import create_group
 
         self._group = None
         _, self._group = create_group(spec, first_rank)

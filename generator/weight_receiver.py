@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from common.weight_sync import (
+from common.transport.weight_sync import (
     Bucket,
     CpuBuffers,
     GroupSpec,

@@ -22,7 +22,7 @@ from typing import Any
 from common.schemas import Rollout, Task, decode_task, encode_rollout
 from common.shell import ServiceContext
 from common.transport import Delivery, Output, StreamConsumer
-from common.weight_sync import SyncBoard
+from common.transport.weight_sync import SyncBoard
 from generator.engines import Engine, GenRequest, make_engine
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from typing import Any
 from common.config import SyncConfig
 from common.membership import list_members
 from common.transport import Keys, Resilient
-from common.weight_sync import (
+from common.transport.weight_sync import (
     CpuBuffers,
     EpochRecord,
     GroupSpec,

@@ -35,7 +35,7 @@ from common.transport import (
     stream_depths,
     trim_acked,
 )
-from common.weight_sync import SyncBoard
+from common.transport.weight_sync import SyncBoard
 from learner.batch import GroupAssembler, Sample, TrainBatch, build_batch
 from learner.broadcast import WeightBroadcaster
 from learner.data import load_examples, prompt_ids, trace_ids

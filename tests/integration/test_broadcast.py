@@ -5,7 +5,7 @@ import torch
 
 from common.config import SyncConfig
 from common.transport import Keys
-from common.weight_sync import SyncBoard
+from common.transport.weight_sync import SyncBoard
 from learner.broadcast import WeightBroadcaster
 
 

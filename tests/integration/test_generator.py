@@ -15,7 +15,7 @@ from common.config import SyncConfig, load_config
 from common.membership import list_members
 from common.schemas import SamplingParams, Task, decode_rollout, encode_task
 from common.transport import Keys, StreamPublisher
-from common.weight_sync import PushRecord, SyncBoard, buckets_to_wire, plan_buckets
+from common.transport.weight_sync import PushRecord, SyncBoard, buckets_to_wire, plan_buckets
 from generator.engines import GenRequest, make_engine
 from learner.broadcast import WeightBroadcaster
 from tests.integration.helpers import spawn, wait_for

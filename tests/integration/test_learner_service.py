@@ -8,7 +8,7 @@ from common.config import load_config
 from common.membership import list_members
 from common.schemas import decode_rollout, decode_task
 from common.transport import Keys, StreamPublisher
-from common.weight_sync import SyncBoard
+from common.transport.weight_sync import SyncBoard
 from learner.data import load_examples
 from learner.feeder import Feeder
 from learner.train import list_checkpoints

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from common.transport import Keys, Resilient
+from common.transport.client import Resilient
+from common.transport.keys import Keys
 
 if TYPE_CHECKING:
     import torch
