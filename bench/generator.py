@@ -119,6 +119,7 @@ def weight_sync(model_dir: Path, pushes: int, engine: str = "vllm") -> dict:
     from common.config import RedisConfig, SyncConfig
     from common.membership import list_members
     from common.transport import Keys, Resilient, delete_run_keys
+    from common.transport.weight_sync import SyncBoard
     from learner.broadcast import WeightBroadcaster
 
     weights = load_file(str(model_dir / "model.safetensors"))
@@ -154,7 +155,7 @@ def weight_sync(model_dir: Path, pushes: int, engine: str = "vllm") -> dict:
             if proc.poll() is not None:
                 raise RuntimeError("generator died while starting")
             time.sleep(0.2)
-        broadcaster = WeightBroadcaster(resilient, keys, SyncConfig(timeout_s=120))
+        broadcaster = WeightBroadcaster(SyncBoard(resilient, keys), SyncConfig(timeout_s=120))
         first = broadcaster.push(1, weights.items())  # forms the epoch; not timed
         assert first.ok, first
         ends, transfers, loads, raw = [], [], [], []

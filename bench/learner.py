@@ -64,6 +64,7 @@ def worker(model_dir: str, setting: str, steps: int) -> None:
     limit_threads(1)
     keep_freed_memory(keep)
     from common.config import load_config
+    from learner.objective import make_objective
     from learner.train import Trainer
 
     cfg = load_config(
@@ -79,7 +80,7 @@ def worker(model_dir: str, setting: str, steps: int) -> None:
         ],
         environ={},
     )
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, make_objective(cfg.algorithm))
     times = []
     for batch in batches(Path(model_dir), steps + WARMUP):
         started = time.perf_counter()

@@ -10,12 +10,11 @@ Shapes: ``S`` samples (sequences) in a batch, ``T`` response tokens over all sam
   behaviour probability taken as 1; or -A * p without shaping. Never clipped.
 - ``truncated_is_weight``: min(pi_prox / pi_behav, C) for the decoupled (stale) objective.
 - ``sft_nll``, ``entropy_from_logits``, ``loss_denominator`` and ``aggregate``.
-- ``token_losses``: the per-token loss of a batch for a mode (luffy, grpo, sft, rl_sft).
+
+How a mode combines them is ``learner.objective`` (``token_losses``).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
@@ -112,55 +111,7 @@ def aggregate(values: torch.Tensor, mask: torch.Tensor, denominator: float) -> t
     return (values * mask).sum() / denominator
 
 
-@dataclass(frozen=True)
-class ObjectiveConfig:
-    mode: str = "luffy"  # luffy | grpo | sft | rl_sft
-    clip: bool = False
-    clip_eps: float = 0.2
-    shaping: bool = True
-    gamma: float = 0.1
-    decoupled: bool = True
-    is_cap: float = 2.0
-    sft_coef: float = 1.0
-
-
-def token_losses(
-    cfg: ObjectiveConfig,
-    logp: torch.Tensor,
-    logp_behav: torch.Tensor,
-    adv: torch.Tensor,
-    off_policy: torch.Tensor,
-) -> dict[str, torch.Tensor]:
-    """Per-token loss parts of one batch. All inputs [T]: current log-probs (with grad),
-    behaviour log-probs from the generator (0 for traces), per-token advantages (the sample's
-    advantage broadcast), off-policy flags. Returns {"on", "off", "sft"} [T], zero where a part
-    does not apply; their sum is the token loss.
-
-    The proximal policy is the current one before this update (``logp.detach()``): the on-policy
-    ratio is exp(logp - logp_prox) and, when ``decoupled``, each on-policy token is weighted by
-    min(pi_prox / pi_behav, C), which corrects stale samples (and is ~1 for fresh ones).
-    """
-    on = ~off_policy
-    zero = torch.zeros_like(logp)
-    parts = {"on": zero, "off": zero, "sft": zero}
-    if cfg.mode in ("luffy", "grpo", "rl_sft"):
-        prox = logp.detach()
-        old = prox if cfg.decoupled else logp_behav
-        on_loss = on_policy_loss(logp, old, adv, cfg.clip, cfg.clip_eps)
-        if cfg.decoupled:
-            on_loss = on_loss * truncated_is_weight(prox, logp_behav, cfg.is_cap)
-        parts["on"] = torch.where(on, on_loss, zero)
-    if cfg.mode == "luffy":
-        off_loss = off_policy_loss(logp, adv, cfg.shaping, cfg.gamma)
-        parts["off"] = torch.where(off_policy, off_loss, zero)
-    if cfg.mode in ("sft", "rl_sft"):
-        coef = 1.0 if cfg.mode == "sft" else cfg.sft_coef
-        parts["sft"] = torch.where(off_policy, coef * sft_nll(logp), zero)
-    return parts
-
-
 __all__ = [
-    "ObjectiveConfig",
     "aggregate",
     "entropy_from_logits",
     "group_advantages",
@@ -168,6 +119,5 @@ __all__ = [
     "off_policy_loss",
     "on_policy_loss",
     "sft_nll",
-    "token_losses",
     "truncated_is_weight",
 ]

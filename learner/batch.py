@@ -6,7 +6,9 @@
   (reason ``incomplete``), never silently. A re-delivered sample (same rollout id) is ignored.
 - ``build_batch`` turns complete groups into ``Sample``s with GRPO advantages; groups whose
   on-policy samples are older than ``max_off_policy_steps`` are dropped (``stale = drop``) or
-  kept for the decoupled correction (``stale = correct``); either way they are counted.
+  kept for the decoupled correction (``stale = correct``); either way they are counted. A
+  rollout's age is judged by its oldest token's version (``policy_version``); how many versions
+  its tokens span (``version_max - policy_version``) is reported as ``version_span_max``.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ class Sample:
     advantage: float
     off_policy: bool
     reward: float
-    lag: int
+    lag: int  # learner version - the oldest version a token was sampled with (policy_version)
+    version_span: int = 0  # newest - oldest version among its tokens (0 within one version)
 
     @property
     def response_len(self) -> int:
@@ -145,6 +148,7 @@ def build_batch(
         "stale_dropped": float(len(dropped)),
         "stale_corrected": float(stale_kept),
         "lag_max": float(max(s.lag for s in samples)),
+        "version_span_max": float(max(s.version_span for s in samples)),
         "response_len_on_mean": _mean([s.response_len for s in samples if not s.off_policy]),
     }
     return TrainBatch(samples, len(kept), stats), dropped
@@ -166,14 +170,28 @@ def _sample(
         completion, behav = completion[:keep], behav[:keep]
     prompt = r.prompt_ids.tolist()
     return Sample(
-        prompt + completion,
-        len(prompt),
-        behav,
-        adv,
-        r.off_policy,
-        scored.reward,
-        0 if r.off_policy else version - r.policy_version,
+        input_ids=prompt + completion,
+        prompt_len=len(prompt),
+        behav_logprobs=behav,
+        advantage=adv,
+        off_policy=r.off_policy,
+        reward=scored.reward,
+        lag=0 if r.off_policy else version - r.policy_version,
+        version_span=0 if r.off_policy else r.version_max - r.policy_version,
     )
 
 
-__all__ = ["Group", "GroupAssembler", "Sample", "TrainBatch", "build_batch"]
+def trace_sample(prompt: list[int], trace: list[int]) -> Sample:
+    """An off-policy trace trained as it is (SFT): reward 1, no behaviour log-probs."""
+    return Sample(
+        input_ids=prompt + trace,
+        prompt_len=len(prompt),
+        behav_logprobs=[0.0] * len(trace),
+        advantage=0.0,
+        off_policy=True,
+        reward=1.0,
+        lag=0,
+    )
+
+
+__all__ = ["Group", "GroupAssembler", "Sample", "TrainBatch", "build_batch", "trace_sample"]

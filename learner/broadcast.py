@@ -19,7 +19,6 @@ from typing import Any
 
 from common.config import SyncConfig
 from common.membership import list_members
-from common.transport import Keys, Resilient
 from common.transport.weight_sync import (
     CpuBuffers,
     EpochRecord,
@@ -51,9 +50,8 @@ class SyncResult:
 
 
 class WeightBroadcaster:
-    def __init__(self, redis_: Resilient, keys: Keys, cfg: SyncConfig, role: str = "generator"):
-        self.redis, self.keys, self.cfg, self.role = redis_, keys, cfg, role
-        self.board = SyncBoard(redis_, keys)
+    def __init__(self, board: SyncBoard, cfg: SyncConfig, role: str = "generator"):
+        self.board, self.cfg, self.role = board, cfg, role
         self.backend = resolve_backend(cfg.backend)
         self.epoch = self._last_epoch()
         self.members: dict[str, list[int]] = {}
@@ -73,7 +71,7 @@ class WeightBroadcaster:
         now = time.monotonic()
         self.excluded = {m: until for m, until in self.excluded.items() if until > now}
         out = {}
-        for record in list_members(self.redis, self.keys, self.role):
+        for record in list_members(self.board.redis, self.board.keys, self.role):
             ranks = int(record.get("sync_ranks") or 0)
             if ranks > 0 and record["id"] not in self.excluded:
                 out[str(record["id"])] = ranks

@@ -22,6 +22,7 @@ from common.config import Config
 from common.schemas import Rollout, SamplingParams, Task, encode_rollout, encode_task
 from common.transport import Publisher
 from learner.data import Example, prompt_ids, trace_ids
+from learner.objective import Objective
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Feeder:
         examples: list[Example],
         tokenizer: Any,
         cfg: Config,
+        objective: Objective,
         prompts: Publisher,
         rollouts: Publisher,
     ):
@@ -56,7 +58,7 @@ class Feeder:
         self._order: tuple[int, np.ndarray] | None = None
         algo = cfg.algorithm
         self.n_on = algo.n_on
-        self.n_off = 0 if algo.mode == "grpo" else algo.n_off
+        self.n_off = algo.n_off if objective.uses_traces else 0
         self.capacity = (algo.max_off_policy_steps + 1) * cfg.learner.batch_prompts
 
     # ---------------------------------------------------------------- cursor
@@ -67,13 +69,19 @@ class Feeder:
             self._order = (epoch, rng.permutation(len(self.examples)))
         return self._order[1]
 
-    def _next(self) -> tuple[str, int]:
+    def _advance(self) -> tuple[str, int]:
+        """The next (task id, example index) of the cursor; a new epoch starts a new order."""
         if self.cursor.position >= len(self.examples):
             self.cursor = Cursor(self.cursor.epoch + 1, 0)
         index = int(self._permutation(self.cursor.epoch)[self.cursor.position])
         task_id = f"e{self.cursor.epoch}-{self.cursor.position}"
         self.cursor.position += 1
         return task_id, index
+
+    def next_example(self) -> Example:
+        """The cursor's next example, taken without feeding a task (SFT trains on traces
+        straight from the data); the cursor moves as if it had been fed."""
+        return self.examples[self._advance()[1]]
 
     # ---------------------------------------------------------------- feeding
 
@@ -85,7 +93,7 @@ class Feeder:
         count = min(self.room(), limit if limit is not None else self.room())
         tasks, traces = [], []
         for _ in range(count):
-            task_id, index = self._next()
+            task_id, index = self._advance()
             fed, task, trace = self._make(task_id, index)
             self.inflight[task_id] = fed
             tasks.append((task_id, encode_task(task)))

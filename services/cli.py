@@ -147,12 +147,12 @@ def learner(
     if cfg.learner.nproc > 1 and "RANK" not in os.environ:
         raise typer.Exit(launch_torchrun(cfg.learner.nproc, config, [*ctx.args, *extra]))
     if int(os.environ.get("RANK", "0")) > 0:
-        from learner.worker import follow
+        from learner.worker import follow_rank_0
 
         setup_logging(cfg.run.log_level, "learner", f"rank{os.environ['RANK']}")
         limit_threads(cfg.learner.threads)
         keep_freed_memory(cfg.learner.keep_freed_memory)
-        raise typer.Exit(follow(cfg))
+        raise typer.Exit(follow_rank_0(cfg))
     run_role("learner", ctx, config, False, extra)
 
 

@@ -14,7 +14,7 @@ def test_a_member_that_never_joins_is_dropped_and_the_learner_goes_on(run_name, 
     # a generator that registered (sync capable) and then hung: it will never join the group
     record = {"role": "generator", "id": "ghost", "sync_ranks": 1, "port": 1}
     rclient.set(keys.member("generator", "ghost"), json.dumps(record), ex=60)
-    broadcaster = WeightBroadcaster(resilient, keys, SyncConfig(timeout_s=2.0))
+    broadcaster = WeightBroadcaster(SyncBoard(resilient, keys), SyncConfig(timeout_s=2.0))
     started = time.monotonic()
     result = broadcaster.push(1, {"w": torch.ones(4)}.items())
     elapsed = time.monotonic() - started

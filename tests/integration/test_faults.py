@@ -16,6 +16,7 @@ from common.embedded_redis import EmbeddedRedis
 from common.membership import list_members
 from common.schemas import Rollout, SamplingParams, Task, encode_rollout, encode_task
 from common.transport import Keys, Resilient
+from common.transport.weight_sync import SyncBoard
 from learner.broadcast import WeightBroadcaster
 from tests.integration.helpers import spawn, stop_services, wait_for
 from tests.integration.test_learner_service import write_task
@@ -174,7 +175,9 @@ def test_generator_killed_mid_broadcast_is_dropped_and_rejoins(
                 180,
                 gid,
             )
-        broadcaster = WeightBroadcaster(resilient, keys, SyncConfig(timeout_s=20, bucket_mb=4))
+        broadcaster = WeightBroadcaster(
+            SyncBoard(resilient, keys), SyncConfig(timeout_s=20, bucket_mb=4)
+        )
         assert broadcaster.push(1, weights.items()).ok
         # kill the victim as soon as it starts receiving push 2 (many 4 MB buckets)
         slow = {n: t * 1.01 for n, t in weights.items()}

@@ -176,7 +176,7 @@ def test_weight_broadcast_from_another_process_changes_the_live_generator(
         wait_registered(resilient, keys, "g1", proc)
         publish_tasks(resilient, keys, 2, prefix="before")
         wait_for(lambda: rclient.xlen(keys.stream("rollouts")) == 8, 120, "version-0 rollouts")
-        broadcaster = WeightBroadcaster(resilient, keys, SyncConfig(timeout_s=60))
+        broadcaster = WeightBroadcaster(SyncBoard(resilient, keys), SyncConfig(timeout_s=60))
         # push 1 sends the weights already served, push 2 the new ones: a send or receive
         # buffer reused without being refilled would leave the old weights serving
         result = broadcaster.push(1, state_dict(tiny_model_dir).items())
@@ -221,7 +221,7 @@ def test_a_sync_that_times_out_leaves_the_old_version_serving(
     )
     try:
         wait_registered(resilient, keys, "g1", proc)
-        broadcaster = WeightBroadcaster(resilient, keys, SyncConfig(timeout_s=30))
+        broadcaster = WeightBroadcaster(SyncBoard(resilient, keys), SyncConfig(timeout_s=30))
         assert broadcaster.push(1, state_dict(other_model_dir).items()).ok
         # a learner that announces version 2 and then never sends it (it died)
         weights = state_dict(tiny_model_dir)

@@ -5,6 +5,7 @@ import torch
 
 from common.config import SyncConfig
 from common.transport import Keys
+from common.transport.weight_sync import SyncBoard
 from learner.broadcast import WeightBroadcaster
 from tests.integration.helpers import wait_for
 from tests.integration.test_generator import (
@@ -38,7 +39,9 @@ def test_nccl_push_into_vllm_on_gpu(
     )
     try:
         wait_registered(resilient, keys, "gpu0", proc, timeout_s=600)
-        broadcaster = WeightBroadcaster(resilient, keys, SyncConfig(backend="nccl", timeout_s=120))
+        broadcaster = WeightBroadcaster(
+            SyncBoard(resilient, keys), SyncConfig(backend="nccl", timeout_s=120)
+        )
         assert broadcaster.backend == "nccl"
         weights = {n: t.cuda() for n, t in state_dict(other_model_dir).items()}
         result = broadcaster.push(1, weights.items())

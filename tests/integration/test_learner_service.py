@@ -9,9 +9,10 @@ from common.membership import list_members
 from common.schemas import decode_rollout, decode_task
 from common.transport import Keys, StreamPublisher
 from common.transport.weight_sync import SyncBoard
+from learner.checkpoint import list_checkpoints
 from learner.data import load_examples
 from learner.feeder import Feeder
-from learner.train import list_checkpoints
+from learner.objective import make_objective
 from tests.integration.helpers import spawn, stop_services, wait_for
 
 
@@ -58,6 +59,7 @@ def test_feeder_caps_in_flight_tasks_and_resumes_its_cursor(
             examples,
             tok,
             cfg,
+            make_objective(cfg.algorithm),
             StreamPublisher(resilient, keys, "prompts"),
             StreamPublisher(resilient, keys, "rollouts"),
         )

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from learner.train import list_checkpoints, plan_microbatches, plan_shared_microbatches
+from learner.checkpoint import list_checkpoints
+from learner.microbatch import plan_microbatches, plan_shared_microbatches
 from tests.integration.helpers import REPO
 
 
@@ -160,11 +161,12 @@ def test_shared_prompt_logprobs_and_gradients_match_one_row_per_sample(tiny_mode
     import torch
     from transformers import AutoModelForCausalLM
 
-    import learner.train as train
     from learner.batch import Sample
+    from learner.microbatch import collate, collate_shared
+    from learner.policy import PolicyLogprobs
 
     lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    policy = train.PolicyLogprobs(lm)
+    policy = PolicyLogprobs(lm)
     rng = random.Random(0)
     samples = []
     for _ in range(3):  # prompts of different lengths; responses of 0..12 tokens
@@ -185,7 +187,7 @@ def test_shared_prompt_logprobs_and_gradients_match_one_row_per_sample(tiny_mode
             {n: p.grad.clone() for n, p in lm.named_parameters()},
         )
 
-    rows, shared = forward_backward(train.collate), forward_backward(train.collate_shared)
+    rows, shared = forward_backward(collate), forward_backward(collate_shared)
     assert shared[0].shape == rows[0].shape == (sum(s.response_len for s in samples),)
     assert torch.allclose(shared[0], rows[0], atol=1e-5)
     assert torch.allclose(shared[1], rows[1], atol=1e-5)
@@ -197,17 +199,18 @@ def test_chunked_logprobs_match_the_full_vocab_computation(tiny_model_dir, monke
     import torch
     from transformers import AutoModelForCausalLM
 
-    import learner.train as train
+    import learner.policy
     from learner.batch import Sample
+    from learner.microbatch import collate
 
-    monkeypatch.setattr(train, "LOGIT_CHUNK", 7)  # force several chunks
+    monkeypatch.setattr(learner.policy, "LOGIT_CHUNK", 7)  # force several chunks
     lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    policy = train.PolicyLogprobs(lm)
+    policy = learner.policy.PolicyLogprobs(lm)
     samples = [
         Sample([5, 6, 7, 8, 9, 10, 11], 3, [0.0] * 4, 1.0, False, 1.0, 0),
         Sample([5, 6, 12, 13, 14, 15, 16, 17, 18, 19, 20], 2, [0.0] * 9, 1.0, False, 1.0, 0),
     ]
-    b = train.collate(samples, 0, torch.device("cpu"))
+    b = collate(samples, 0, torch.device("cpu"))
     logp, entropy = policy(b)
     logp.sum().backward()
     chunked_grad = lm.lm_head.weight.grad.clone()

@@ -17,6 +17,8 @@ import torch.distributed as dist
 
 from common.config import load_config
 from learner.batch import Sample, TrainBatch
+from learner.collective import Ranks, follow
+from learner.objective import make_objective
 from learner.train import Trainer
 
 
@@ -63,35 +65,36 @@ def main() -> None:
         ],
         environ={},
     )
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, make_objective(cfg.algorithm))
     if trainer.rank != 0:
-        trainer.follow()
+        follow(trainer)
         dist.destroy_process_group()  # a live gloo group at exit can abort the process
         return
+    ranks = Ranks(trainer)
     results = {"losses": {}, "skipped": [], "checkpoints": []}
     if a.resume:
-        trainer.run("load", a.resume)
+        ranks.load(a.resume)
     while trainer.step < a.steps:
         nan = trainer.step + 1 == a.nan_at
-        before = checksum_run(trainer) if nan else None
-        r = trainer.run("train_step", batch_for(trainer.step + 1, nan))
+        before = checksum_run(ranks) if nan else None
+        r = ranks.train_step(batch_for(trainer.step + 1, nan))
         results["losses"][str(r.step)] = r.loss
         if r.skipped:
             results["skipped"].append(r.step)
-            results["untouched"] = checksum_run(trainer) == before
+            results["untouched"] = checksum_run(ranks) == before
         if a.save_at and r.step % a.save_at == 0:
-            path = trainer.run("save", a.ckpt_root, {"version": r.step}, a.keep_last, True)
+            path = ranks.save(a.ckpt_root, {"version": r.step}, a.keep_last, True)
             results["checkpoints"].append(path)
-    results["checksum"] = checksum_run(trainer)
+    results["checksum"] = checksum_run(ranks)
     results["world"] = trainer.world
-    trainer.stop_followers()
+    ranks.stop()
     with open(a.out, "w") as fh:
         json.dump(results, fh)
     dist.destroy_process_group()
 
 
-def checksum_run(trainer: Trainer) -> dict[str, float]:
-    full = trainer.run("full_state_dict")
+def checksum_run(ranks: Ranks) -> dict[str, float]:
+    full = ranks.full_state_dict()
     return {k: float(v.double().abs().sum()) for k, v in full.items()}
 
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from common.config import AlgorithmConfig
 from learner.algorithms import (
-    ObjectiveConfig,
     aggregate,
     entropy_from_logits,
     group_advantages,
@@ -14,9 +14,14 @@ from learner.algorithms import (
     off_policy_loss,
     on_policy_loss,
     sft_nll,
-    token_losses,
     truncated_is_weight,
 )
+from learner.objective import make_objective, token_losses
+
+
+def objective(**algorithm):
+    return make_objective(AlgorithmConfig(**algorithm))
+
 
 T = torch.tensor
 
@@ -103,7 +108,7 @@ def test_token_losses_per_mode():
     behav = T([math.log(0.5), math.log(0.125), 0.0])
     adv = T([1.0, 1.0, 1.0])
     off = T([False, False, True])
-    luffy = token_losses(ObjectiveConfig(mode="luffy"), logp, behav, adv, off)
+    luffy = token_losses(objective(mode="luffy"), logp, behav, adv, off)
     # on: r = 1 (proximal = current), IS weight 0.5/0.5 = 1 and 0.25/0.125 = 2 -> -1, -2
     close(luffy["on"].detach(), [-1.0, -2.0, 0.0])
     close(luffy["off"].detach(), [0.0, 0.0, -0.5 / 0.6])
@@ -112,16 +117,34 @@ def test_token_losses_per_mode():
     # d/dlogp: on tokens -A * w = -1, -2; trace: -A g p/(p+g)^2 = -0.138889
     close(logp.grad, [-1.0, -2.0, -0.138889])
 
-    grpo = token_losses(ObjectiveConfig(mode="grpo", decoupled=False), logp, behav, adv, off)
+    grpo = token_losses(objective(mode="grpo", decoupled=False), logp, behav, adv, off)
     # r = p / p_behav: 1 and 2 -> -1, -2; trace tokens are not trained
     close(grpo["on"].detach(), [-1.0, -2.0, 0.0])
     close(grpo["off"].detach(), [0.0, 0.0, 0.0])
 
-    sft = token_losses(ObjectiveConfig(mode="sft"), logp, behav, adv, off)
+    sft = token_losses(objective(mode="sft"), logp, behav, adv, off)
     close(sft["sft"].detach(), [0.0, 0.0, math.log(2)])
     close(sft["on"].detach(), [0.0, 0.0, 0.0])
 
-    rl_sft = token_losses(ObjectiveConfig(mode="rl_sft", sft_coef=0.5), logp, behav, adv, off)
+    rl_sft = token_losses(objective(mode="rl_sft", sft_coef=0.5), logp, behav, adv, off)
     close(rl_sft["sft"].detach(), [0.0, 0.0, 0.5 * math.log(2)])
     close(rl_sft["on"].detach(), [-1.0, -2.0, 0.0])
     close(rl_sft["off"].detach(), [0.0, 0.0, 0.0])
+
+
+def test_each_mode_builds_its_own_terms_by_keyword():
+    algo = AlgorithmConfig(gamma=0.3, clip_eps=0.15, clip=True, sft_coef=0.25, is_cap=3.0)
+    luffy = make_objective(algo)
+    assert luffy.off_policy.gamma == 0.3 and luffy.on_policy.clip_eps == 0.15
+    assert luffy.on_policy.is_cap == 3.0 and luffy.sft is None
+    assert luffy.generates and luffy.uses_traces
+    grpo = make_objective(algo.model_copy(update={"mode": "grpo"}))
+    assert grpo.off_policy is None and grpo.generates and not grpo.uses_traces
+    sft = make_objective(algo.model_copy(update={"mode": "sft"}))
+    assert sft.sft.coef == 1.0 and not sft.generates and sft.uses_traces
+    rl_sft = make_objective(algo.model_copy(update={"mode": "rl_sft"}))
+    assert rl_sft.sft.coef == 0.25 and rl_sft.on_policy.clip and rl_sft.off_policy is None
+    # the loss constant: 4 sequences x max_response_len 256 (Dr.GRPO), or the token count
+    assert luffy.denominator(4, 100) == 1024.0
+    token_mean = make_objective(algo.model_copy(update={"loss_agg": "token_mean"}))
+    assert token_mean.denominator(4, 100) == 100.0

@@ -1,0 +1,152 @@
+"""The training objective as one typed value, built once from ``[algorithm]``.
+
+``make_objective`` is the only place that reads ``algorithm.mode``: it turns the mode into the
+loss terms that mode trains, each carrying only its own settings, built by keyword:
+
+| mode     | on-policy term (GRPO) | off-policy term (LUFFY shaping) | SFT term (NLL on traces) |
+|----------|-----------------------|---------------------------------|--------------------------|
+| luffy    | yes                   | yes                             | no                       |
+| grpo     | yes                   | no                              | no                       |
+| sft      | no                    | no                              | coef 1                   |
+| rl_sft   | yes                   | no                              | ``sft_coef``             |
+
+Everything else asks the value, not the mode: the feeder (``uses_traces``: do tasks carry
+their traces), the learner loop (``generates``: is there anything to sample), and the loss
+(``token_losses``, ``denominator``, ``entropy_coef``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from common.config import AlgorithmConfig
+from learner.algorithms import (
+    loss_denominator,
+    off_policy_loss,
+    on_policy_loss,
+    sft_nll,
+    truncated_is_weight,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnPolicyTerm:
+    """-A * r on generated tokens, r = pi / pi_old (optionally PPO-clipped). ``decoupled``: the
+    ratio is against the learner's pre-update policy and each token is weighted by
+    min(pi_prox / pi_behav, ``is_cap``); else against the behaviour policy."""
+
+    clip: bool
+    clip_eps: float
+    decoupled: bool
+    is_cap: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class OffPolicyTerm:
+    """-A * f(p) on trace tokens, f(p) = p / (p + ``gamma``) under ``shaping``, else p."""
+
+    shaping: bool
+    gamma: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class SftTerm:
+    """``coef`` * NLL on trace tokens."""
+
+    coef: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Objective:
+    mode: str  # the mode's name, for status and logs only: decisions ask the terms
+    on_policy: OnPolicyTerm | None
+    off_policy: OffPolicyTerm | None
+    sft: SftTerm | None
+    aggregation: str  # token_sum_norm | token_mean
+    max_response_len: int
+    entropy_coef: float
+
+    @property
+    def generates(self) -> bool:
+        """Whether the objective trains on sampled responses (else only on the traces)."""
+        return self.on_policy is not None
+
+    @property
+    def uses_traces(self) -> bool:
+        """Whether tasks carry their off-policy traces into the groups."""
+        return self.off_policy is not None or self.sft is not None
+
+    def denominator(self, n_sequences: int, n_tokens: int) -> float:
+        """The constant a batch's summed token loss is divided by."""
+        return loss_denominator(self.aggregation, n_sequences, n_tokens, self.max_response_len)
+
+
+def make_objective(algo: AlgorithmConfig) -> Objective:
+    """The objective of ``algo.mode`` with the section's settings (see the table above)."""
+    on = OnPolicyTerm(
+        clip=algo.clip, clip_eps=algo.clip_eps, decoupled=algo.decoupled, is_cap=algo.is_cap
+    )
+    terms = {
+        "luffy": {
+            "on_policy": on,
+            "off_policy": OffPolicyTerm(shaping=algo.shaping, gamma=algo.gamma),
+        },
+        "grpo": {"on_policy": on},
+        "sft": {"sft": SftTerm(coef=1.0)},
+        "rl_sft": {"on_policy": on, "sft": SftTerm(coef=algo.sft_coef)},
+    }[algo.mode]
+    return Objective(
+        mode=algo.mode,
+        on_policy=terms.get("on_policy"),
+        off_policy=terms.get("off_policy"),
+        sft=terms.get("sft"),
+        aggregation=algo.loss_agg,
+        max_response_len=algo.max_response_len,
+        entropy_coef=algo.entropy_coef,
+    )
+
+
+def token_losses(
+    objective: Objective,
+    logp: torch.Tensor,
+    logp_behav: torch.Tensor,
+    adv: torch.Tensor,
+    off_policy: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """Per-token loss parts of one batch. All inputs [T]: current log-probs (with grad),
+    behaviour log-probs from the generator (0 for traces), per-token advantages (the sample's
+    advantage broadcast), off-policy flags. Returns {"on", "off", "sft"} [T], zero where a term
+    is absent or does not apply to the token; their sum is the token loss.
+
+    The proximal policy is the current one before this update (``logp.detach()``): with a
+    decoupled on-policy term the ratio is exp(logp - logp_prox) and each on-policy token is
+    weighted by min(pi_prox / pi_behav, C), which corrects stale samples (~1 for fresh ones).
+    """
+    on = ~off_policy
+    zero = torch.zeros_like(logp)
+    parts = {"on": zero, "off": zero, "sft": zero}
+    if (term := objective.on_policy) is not None:
+        prox = logp.detach()
+        old = prox if term.decoupled else logp_behav
+        on_loss = on_policy_loss(logp, old, adv, term.clip, term.clip_eps)
+        if term.decoupled:
+            on_loss = on_loss * truncated_is_weight(prox, logp_behav, term.is_cap)
+        parts["on"] = torch.where(on, on_loss, zero)
+    if (shaped := objective.off_policy) is not None:
+        off_loss = off_policy_loss(logp, adv, shaped.shaping, shaped.gamma)
+        parts["off"] = torch.where(off_policy, off_loss, zero)
+    if objective.sft is not None:
+        parts["sft"] = torch.where(off_policy, objective.sft.coef * sft_nll(logp), zero)
+    return parts
+
+
+__all__ = [
+    "Objective",
+    "OffPolicyTerm",
+    "OnPolicyTerm",
+    "SftTerm",
+    "make_objective",
+    "token_losses",
+]
