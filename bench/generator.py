@@ -37,9 +37,12 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 def throughput(model_dir: Path, rounds: int) -> dict:
     from common.config import load_config
+    from common.schemas import Sampling
     from generator.engines import GenRequest, make_engine
 
-    requests = [GenRequest([5, 6, 7, 8, 9 + i], n=8, max_new_tokens=64, seed=i) for i in range(16)]
+    requests = [
+        GenRequest([5, 6, 7, 8, 9 + i], 8, Sampling(max_new_tokens=64, seed=i)) for i in range(16)
+    ]
     engines = {}
     for name in ("vllm", "hf"):
         cfg = load_config(

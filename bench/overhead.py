@@ -50,13 +50,14 @@ def prompts(model_dir: Path, count: int) -> list[list[int]]:
 def raw_rate(model_dir: Path, ids: list[list[int]], rounds: int) -> list[float]:
     """In this process (threads already capped by the caller): the engine alone."""
     from common.config import load_config
+    from common.schemas import Sampling
     from generator.engines import GenRequest, make_engine
 
     cfg = load_config(
         overrides=["--model.path", str(model_dir), "--generator.max_model_len", "256"], environ={}
     )
     engine = make_engine(cfg)
-    requests = [GenRequest(p, N, 1.0, 1.0, MAX_TOKENS, seed=i) for i, p in enumerate(ids)]
+    requests = [GenRequest(p, N, Sampling(1.0, 1.0, MAX_TOKENS, seed=i)) for i, p in enumerate(ids)]
     engine.generate(requests[:4])  # warm-up
     rates = []
     for _ in range(rounds):
@@ -85,7 +86,7 @@ def stack_rate(
 ) -> list[float]:
     from common.config import RedisConfig
     from common.membership import list_members
-    from common.schemas import SamplingParams, Task, encode_task
+    from common.schemas import Sampling, Task, encode_task
     from common.transport import (
         Keys,
         Resilient,
@@ -147,7 +148,7 @@ def stack_rate(
                 (
                     f"t{i}",
                     encode_task(
-                        Task(f"t{i}", f"p{i}", p, N, SamplingParams(1.0, 1.0, MAX_TOKENS, i), "0")
+                        Task(f"t{i}", f"p{i}", p, N, Sampling(1.0, 1.0, MAX_TOKENS, i), "0")
                     ),
                 )
                 for i, p in enumerate(ids)
@@ -156,7 +157,7 @@ def stack_rate(
                 (
                     f"w{i}",
                     encode_task(
-                        Task(f"w{i}", "w", ids[0], N, SamplingParams(1.0, 1.0, MAX_TOKENS, i), "0")
+                        Task(f"w{i}", "w", ids[0], N, Sampling(1.0, 1.0, MAX_TOKENS, i), "0")
                     ),
                 )
                 for i in range(4)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 import numpy as np
@@ -22,8 +22,10 @@ WIRE_VERSION = 1
 MAX_TOKENS = 1 << 20  # per array; far above any real prompt or completion
 MAX_TEXT_CHARS = 8 << 20
 MAX_MESSAGE_BYTES = 256 << 20
-FINISH_REASONS = ("stop", "length", "abort")
-STATUSES = ("ok", "wrong", "unparsable", "no_think_tag", "timeout", "error")
+FinishReason = Literal["stop", "length", "abort"]
+Status = Literal["ok", "wrong", "unparsable", "no_think_tag", "timeout", "error"]  # verdicts
+FINISH_REASONS: tuple[str, ...] = get_args(FinishReason)
+STATUSES: tuple[str, ...] = get_args(Status)
 
 _I32 = np.dtype("<i4")
 _F32 = np.dtype("<f4")
@@ -48,7 +50,9 @@ def pack_floats(values: Any) -> bytes:
 
 
 @dataclass(slots=True)
-class SamplingParams:
+class Sampling:
+    """How to sample a task's completions (the engine maps it to its own parameters)."""
+
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 256
@@ -63,7 +67,7 @@ class Task:
     prompt_id: str
     prompt_ids: np.ndarray
     n: int
-    sampling: SamplingParams
+    sampling: Sampling
     gold: str
     attempt: int = 0
     data_source: str = ""
@@ -75,7 +79,11 @@ class Task:
 
 @dataclass(slots=True)
 class Rollout:
-    """One sampled (or off-policy) completion of a task, with behaviour log-probs."""
+    """One sampled (or off-policy) completion of a task, with behaviour log-probs.
+
+    ``policy_version`` is the oldest policy version any of its tokens was sampled with (the
+    learner judges staleness by it) and ``version_max`` the newest (the same when no weight
+    push landed while it was sampled; defaults to ``policy_version``)."""
 
     rollout_id: str
     task_id: str
@@ -154,7 +162,7 @@ class _RolloutWire(msgspec.Struct, tag_field="kind", tag="rollout", forbid_unkno
     text: _Text
     gold: _Text
     policy_version: _Count
-    finish_reason: Literal["stop", "length", "abort"]
+    finish_reason: FinishReason
     version_max: _Count | None = None
     generator_id: _Id = ""
     off_policy: bool = False
@@ -166,7 +174,7 @@ class _ScoredWire(msgspec.Struct, tag_field="kind", tag="scored", forbid_unknown
     v: int
     rollout: _RolloutWire
     reward: float
-    status: Literal["ok", "wrong", "unparsable", "no_think_tag", "timeout", "error"]
+    status: Status
     extracted: _Text = ""
     verifier_id: _Id = ""
     score_ms: float = 0.0
@@ -296,7 +304,7 @@ def decode_task(data: bytes) -> Task:
         prompt_id=w.prompt_id,
         prompt_ids=prompt,
         n=w.n,
-        sampling=SamplingParams(s.t, s.p, s.m, s.s),
+        sampling=Sampling(s.t, s.p, s.m, s.s),
         gold=w.gold,
         attempt=w.attempt,
         data_source=w.data_source,
@@ -360,7 +368,7 @@ __all__ = [
     "STATUSES",
     "WIRE_VERSION",
     "Rollout",
-    "SamplingParams",
+    "Sampling",
     "SchemaError",
     "ScoredRollout",
     "Task",

@@ -17,11 +17,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from common.config import Config
+from common.schemas import Sampling
 from common.transport.weight_sync import GroupSpec, buckets_from_wire
 
 log = logging.getLogger(__name__)
@@ -29,16 +30,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GenRequest:
+    """``n`` completions of one prompt, sampled as ``sampling`` says."""
+
     prompt_ids: list[int]
     n: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 256
-    seed: int | None = None
+    sampling: Sampling = field(default_factory=Sampling)
 
 
 @dataclass(frozen=True)
-class Sample:
+class Completion:
+    """One sampled completion with the behaviour log-prob of each of its tokens."""
+
     completion_ids: list[int]
     logprobs: list[float]
     finish_reason: str  # stop | length | abort
@@ -50,7 +52,7 @@ class Engine(Protocol):
     vocab_size: int
     max_model_len: int
 
-    def generate(self, requests: list[GenRequest]) -> list[list[Sample]]: ...
+    def generate(self, requests: list[GenRequest]) -> list[list[Completion]]: ...
     def join_weight_group(self, spec: GroupSpec, first_rank: int) -> int: ...
     def receive_weights(self, buckets_wire: list) -> dict[str, float]:
         """Receive and load one push; returns seconds: total_s, transfer_s, load_s."""
@@ -111,7 +113,7 @@ class VllmEngine:
             "GPU" if on_gpu else "CPU",
         )
 
-    def generate(self, requests: list[GenRequest]) -> list[list[Sample]]:
+    def generate(self, requests: list[GenRequest]) -> list[list[Completion]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -119,11 +121,11 @@ class VllmEngine:
         params = [
             SamplingParams(
                 n=r.n,
-                temperature=r.temperature,
-                top_p=r.top_p,
-                max_tokens=r.max_new_tokens,
+                temperature=r.sampling.temperature,
+                top_p=r.sampling.top_p,
+                max_tokens=r.sampling.max_new_tokens,
                 logprobs=0,
-                seed=r.seed,
+                seed=r.sampling.seed,
                 # vLLM's incremental detokenizer also decodes every log-prob token: ~10% of
                 # the generator's time on the tiny model; one batch decode at the end is cheaper
                 detokenize=False,
@@ -154,13 +156,13 @@ class VllmEngine:
         self.llm = None
 
 
-def _vllm_sample(completion: Any, text: str) -> Sample:
+def _vllm_sample(completion: Any, text: str) -> Completion:
     ids = list(completion.token_ids)
     logprobs = [
         float(step[tok].logprob) for tok, step in zip(ids, completion.logprobs, strict=True)
     ]
     reason = completion.finish_reason or "abort"
-    return Sample(ids, logprobs, reason if reason in ("stop", "length") else "abort", text)
+    return Completion(ids, logprobs, reason if reason in ("stop", "length") else "abort", text)
 
 
 # --------------------------------------------------------------------------- transformers
@@ -190,21 +192,21 @@ class HfEngine:
         self.seed = seed
         self._group: Any = None
 
-    def generate(self, requests: list[GenRequest]) -> list[list[Sample]]:
+    def generate(self, requests: list[GenRequest]) -> list[list[Completion]]:
         return [self._generate_one(r) for r in requests]
 
-    def _generate_one(self, req: GenRequest) -> list[Sample]:
-        torch = self.torch
-        if req.seed is not None:
-            torch.manual_seed(req.seed)
+    def _generate_one(self, req: GenRequest) -> list[Completion]:
+        torch, sampling = self.torch, req.sampling
+        if sampling.seed is not None:
+            torch.manual_seed(sampling.seed)
         ids = torch.tensor([list(req.prompt_ids)], device=self.device)
         with torch.no_grad():
             out = self.model.generate(
                 ids,
-                do_sample=req.temperature > 0,
-                temperature=req.temperature or None,
-                top_p=req.top_p,
-                max_new_tokens=req.max_new_tokens,
+                do_sample=sampling.temperature > 0,
+                temperature=sampling.temperature or None,
+                top_p=sampling.top_p,
+                max_new_tokens=sampling.max_new_tokens,
                 num_return_sequences=req.n,
                 output_logits=True,
                 return_dict_in_generate=True,
@@ -212,21 +214,21 @@ class HfEngine:
                 top_k=None,
             )
         steps = torch.stack(out.logits, dim=1).float()  # [n, T, V] raw logits
-        if req.temperature > 0:
-            steps = steps / req.temperature
+        if sampling.temperature > 0:
+            steps = steps / sampling.temperature
         logprobs = torch.log_softmax(steps, dim=-1)
         samples = []
         for row, lp in zip(out.sequences[:, ids.shape[1] :], logprobs, strict=True):
             samples.append(self._trim(row.tolist(), lp))
         return samples
 
-    def _trim(self, tokens: list[int], lp: Any) -> Sample:
+    def _trim(self, tokens: list[int], lp: Any) -> Completion:
         end = next((i + 1 for i, t in enumerate(tokens) if t in self.eos_ids), None)
         reason = "stop" if end is not None else "length"
         tokens = tokens[:end] if end is not None else tokens
         chosen = lp[range(len(tokens)), tokens].tolist()
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return Sample(tokens, chosen, reason, text)
+        return Completion(tokens, chosen, reason, text)
 
     def sync_ranks(self) -> int:
         return 1
@@ -275,4 +277,4 @@ def make_engine(cfg: Config, seed: int = 0) -> Engine:
     return cls(cfg, seed)
 
 
-__all__ = ["ENGINES", "Engine", "GenRequest", "HfEngine", "Sample", "VllmEngine", "make_engine"]
+__all__ = ["ENGINES", "Completion", "Engine", "GenRequest", "HfEngine", "VllmEngine", "make_engine"]

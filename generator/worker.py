@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 from common.schemas import Rollout, Task, decode_task, encode_rollout
@@ -190,15 +191,8 @@ class GeneratorWorker:
 
     def _request(self, task: Task) -> GenRequest:
         room = self.engine.max_model_len - len(task.prompt_ids)
-        s = task.sampling
-        return GenRequest(
-            task.prompt_ids.tolist(),
-            task.n,
-            s.temperature,
-            s.top_p,
-            min(s.max_new_tokens, room),
-            s.seed,
-        )
+        sampling = replace(task.sampling, max_new_tokens=min(task.sampling.max_new_tokens, room))
+        return GenRequest(task.prompt_ids.tolist(), task.n, sampling)
 
     def _publish(self, tasks: list[Delivery[Task]], samples: list, elapsed: float) -> None:
         now, version, batch, tokens = time.time(), self.sync.version, [], 0
@@ -216,6 +210,7 @@ class GeneratorWorker:
                     text=s.text,
                     gold=task.gold,
                     policy_version=version,
+                    version_max=version,  # syncs fall between engine calls: one version each
                     finish_reason=s.finish_reason,
                     generator_id=self.ctx.member_id,
                     data_source=task.data_source,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,19 +176,38 @@ def to_example(row: Any, index: int) -> Example:
     )
 
 
-def load_examples(path: str | Path) -> tuple[list[Example], BadRows]:
-    """Our format from ``path``; bad rows are skipped, counted and logged."""
-    bad = BadRows()
+Converter = Callable[[dict, int], Example]
+
+
+def convert_records(records: Iterable[dict | None], convert: Converter, bad: BadRows) -> list:
+    """``convert(row, index)`` for every record; a bad row (not an object, or one the converter
+    refuses with a ValueError) is skipped and counted in ``bad``, never fatal."""
     examples = []
-    for index, row in enumerate(read_records(path, bad)):
-        if row is None:
+    for index, row in enumerate(records):
+        if row is None:  # read_records already counted it
             continue
         try:
-            examples.append(to_example(row, index))
+            if not isinstance(row, dict):
+                raise ValueError(f"row is {type(row).__name__}, not an object")
+            examples.append(convert(row, index))
         except ValueError as exc:
             bad.add(index, str(exc))
+    return examples
+
+
+def load_rows(path: str | Path, convert: Converter) -> tuple[list[Example], BadRows]:
+    """The rows of ``path`` as ``Example``s through ``convert``; bad rows skipped and logged."""
+    bad = BadRows()
+    examples = convert_records(read_records(path, bad), convert, bad)
     if bad.count:
         log.warning("%s", bad.summary(path))
+    return examples, bad
+
+
+def load_examples(path: str | Path) -> tuple[list[Example], BadRows]:
+    """Our format from ``path``; bad rows are skipped, counted and logged; none usable is an
+    error."""
+    examples, bad = load_rows(path, to_example)
     if not examples:
         raise DataError(f"{path}: no usable rows ({bad.summary(path) if bad.count else 'empty'})")
     return examples, bad
@@ -242,6 +261,15 @@ def _from_openr1(row: dict, index: int) -> Example:
 CONVERTERS = {"luffy": _from_luffy, "openr1": _from_openr1, "ours": to_example}
 
 
+def benchmark_example(row: dict, index: int) -> Example:
+    """A benchmark row: LUFFY's evaluation layout (gold in ``reward_model.ground_truth``) or
+    ours."""
+    if "reward_model" in row and "answer" not in row:
+        gold = (row.get("reward_model") or {}).get("ground_truth")
+        row = {**row, "answer": gold, "id": row.get("id", index)}
+    return to_example(row, index)
+
+
 def detect_format(row: dict) -> str:
     if "reward_model" in row:
         return "luffy"
@@ -260,16 +288,7 @@ def prepare(src: str | Path, dst: str | Path, fmt: str = "auto") -> tuple[int, B
     fmt = detect_format(first) if fmt == "auto" else fmt
     if fmt not in CONVERTERS:
         raise DataError(f"unknown input format {fmt!r}; known: {sorted(CONVERTERS)}")
-    out = []
-    for index, row in enumerate(records):
-        if row is None:
-            continue
-        try:
-            if not isinstance(row, dict):
-                raise ValueError(f"row is {type(row).__name__}, not an object")
-            out.append(CONVERTERS[fmt](row, index).to_row())
-        except ValueError as exc:
-            bad.add(index, str(exc))
+    out = [e.to_row() for e in convert_records(records, CONVERTERS[fmt], bad)]
     write_rows(dst, out)
     return len(out), bad
 
@@ -316,7 +335,10 @@ __all__ = [
     "BadRows",
     "DataError",
     "Example",
+    "benchmark_example",
+    "convert_records",
     "load_examples",
+    "load_rows",
     "prepare",
     "prompt_ids",
     "read_records",

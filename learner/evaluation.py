@@ -3,22 +3,33 @@
 ``EvalRounds`` owns the open rounds: each round feeds ``eval_prompts`` held-out prompts as
 tasks (no traces, evaluation sampling), collects their scored
 samples, and closes when every prompt has all its samples (or the round times out) with
-avg@k (mean reward) and pass@k (share of prompts with a correct sample).
+avg@k and pass@k (``avg_and_pass``, which ``luffy eval`` uses too).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from common.config import Config
-from common.schemas import SamplingParams, ScoredRollout, Task, encode_task
+from common.schemas import Sampling, ScoredRollout, Task, encode_task
 from common.transport import Publisher
 from learner.data import Example, prompt_ids
 
 PREFIX = "eval"
+
+
+def avg_and_pass(per_prompt: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """(avg@k, pass@k) of prompts' sample rewards: the mean reward over every sample, and the
+    share of prompts with at least one correct sample (a prompt without samples counts as
+    failed). [[1, 0], [0, 0], []] -> (0.25, 1/3)."""
+    rewards = [r for rs in per_prompt for r in rs]
+    avg = sum(rewards) / len(rewards) if rewards else 0.0
+    passed = sum(any(r > 0 for r in rs) for rs in per_prompt) / max(1, len(per_prompt))
+    return avg, passed
 
 
 @dataclass
@@ -33,14 +44,14 @@ class Round:
 
     def result(self) -> dict[str, Any]:
         per_prompt = [self.rewards.get(t, []) for t in self.expected]
-        scored = [r for rs in per_prompt for r in rs]
+        avg, passed = avg_and_pass(per_prompt)
         return {
             "kind": "eval",
             "step": self.step,
-            "reward_mean": sum(scored) / len(scored) if scored else 0.0,
-            "pass_at_k": sum(any(r > 0 for r in rs) for rs in per_prompt) / max(1, len(per_prompt)),
+            "reward_mean": avg,
+            "pass_at_k": passed,
             "prompts": len(per_prompt),
-            "samples": len(scored),
+            "samples": sum(len(rs) for rs in per_prompt),
             "complete": self.done(),
         }
 
@@ -59,7 +70,7 @@ class EvalRounds:
 
     def start(self, step: int) -> None:
         lc, gen = self.cfg.learner, self.cfg.generator
-        sampling = SamplingParams(lc.eval_temperature, 1.0, gen.max_new_tokens, seed=step)
+        sampling = Sampling(lc.eval_temperature, 1.0, gen.max_new_tokens, seed=step)
         tasks, expected = [], {}
         nonce = uuid.uuid4().hex[:6]  # a re-run round (after a restart) must not look done
         for i, (ex, ids) in enumerate(zip(self.examples, self.ids, strict=True)):
@@ -98,4 +109,4 @@ class EvalRounds:
         return out
 
 
-__all__ = ["EvalRounds"]
+__all__ = ["EvalRounds", "avg_and_pass"]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from common.config import Config
-from common.schemas import Rollout, SamplingParams, Task, encode_rollout, encode_task
+from common.schemas import Rollout, Sampling, Task, encode_rollout, encode_task
 from common.transport import Publisher
 from learner.data import Example, prompt_ids, trace_ids
 from learner.objective import Objective
@@ -109,7 +109,7 @@ class Feeder:
         ex = self.examples[index]
         ids = prompt_ids(self.tokenizer, ex.prompt, self.cfg.model.template)
         gen = self.cfg.generator
-        sampling = SamplingParams(
+        sampling = Sampling(
             gen.temperature,
             gen.top_p,
             gen.max_new_tokens,

@@ -21,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from learner.data import BadRows, Example, prompt_ids, read_records, to_example
+from common.schemas import Sampling
+from learner.data import BadRows, Example, benchmark_example, load_rows, prompt_ids
+from learner.evaluation import avg_and_pass
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +40,13 @@ class EvalOptions:
     timeout_s: float = 5.0
     seed: int = 0
 
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_p, self.max_tokens, self.seed)
+
 
 def load_benchmark(path: str | Path) -> tuple[list[Example], BadRows]:
     """Our format, or LUFFY's evaluation layout (answer in reward_model.ground_truth)."""
-    bad = BadRows()
-    examples = []
-    for index, row in enumerate(read_records(path, bad)):
-        if row is None:
-            continue
-        try:
-            if isinstance(row, dict) and "reward_model" in row and "answer" not in row:
-                gold = (row.get("reward_model") or {}).get("ground_truth")
-                row = {**row, "answer": gold, "id": row.get("id", index)}
-            examples.append(to_example(row, index))
-        except ValueError as exc:
-            bad.add(index, str(exc))
-    if bad.count:
-        log.warning("%s", bad.summary(path))
-    return examples, bad
+    return load_rows(path, benchmark_example)
 
 
 def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -63,20 +54,17 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     by_prompt: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in records:
         by_prompt[(r["data_source"], r["id"])].append(float(r["reward"]))
-    sources: dict[str, dict[str, Any]] = {}
+    by_source: dict[str, list[list[float]]] = defaultdict(list)
     for (source, _), rewards in sorted(by_prompt.items()):
-        s = sources.setdefault(source, {"prompts": 0, "samples": 0, "reward_sum": 0.0, "passed": 0})
-        s["prompts"] += 1
-        s["samples"] += len(rewards)
-        s["reward_sum"] += sum(rewards)
-        s["passed"] += any(r > 0 for r in rewards)
+        by_source[source].append(rewards)
     report = {}
-    for source, s in sources.items():
+    for source, per_prompt in by_source.items():
+        avg, passed = avg_and_pass(per_prompt)
         report[source] = {
-            "prompts": s["prompts"],
-            "samples": s["samples"],
-            "avg_at_k": s["reward_sum"] / s["samples"],
-            "pass_at_k": s["passed"] / s["prompts"],
+            "prompts": len(per_prompt),
+            "samples": sum(len(rs) for rs in per_prompt),
+            "avg_at_k": avg,
+            "pass_at_k": passed,
         }
     overall = sum(v["avg_at_k"] for v in report.values()) / len(report) if report else 0.0
     return {"sources": report, "overall_avg_at_k": overall}
@@ -140,10 +128,7 @@ def evaluate(
                     GenRequest(
                         prompt_ids(gen.tokenizer, e.prompt, opts.template),
                         opts.samples,
-                        opts.temperature,
-                        opts.top_p,
-                        opts.max_tokens,
-                        opts.seed,
+                        opts.sampling(),
                     )
                     for e in batch
                 ]
@@ -220,9 +205,7 @@ def generate_answer(model: Path, question: str, opts: EvalOptions, engine: str =
     gen = _engine(model, engine, opts)
     try:
         ids = prompt_ids(gen.tokenizer, question, opts.template)
-        (sample,) = gen.generate(
-            [GenRequest(ids, 1, opts.temperature, opts.top_p, opts.max_tokens, opts.seed)]
-        )[0]
+        (sample,) = gen.generate([GenRequest(ids, 1, opts.sampling())])[0]
         return sample.text
     finally:
         gen.close()

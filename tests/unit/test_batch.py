@@ -97,3 +97,21 @@ def test_prefix_ratio_keeps_a_leading_part_of_the_trace():
     batch, _ = build_batch(asm.take(1), 0, algo, random.Random(0))
     trace = next(s for s in batch.samples if s.off_policy)
     assert trace.response_len == 5 and len(trace.behav_logprobs) == 5
+
+
+def test_a_rollout_spanning_versions_is_as_old_as_its_oldest_token():
+    # sampled from version 3 to version 5; the learner is at 6 and accepts a lag of 2
+    asm = GroupAssembler(60)
+    for i, (low, high) in enumerate([(3, 5), (6, 6)]):
+        s = scored("span", i, float(i), version=low)
+        s.rollout.version_max = high
+        asm.add(s, (2, 0))
+    groups = asm.take(1)
+    batch, _ = build_batch(groups, 6, AlgorithmConfig(max_off_policy_steps=3), random.Random(0))
+    spanned = next(s for s in batch.samples if s.lag)
+    assert (spanned.lag, spanned.version_span) == (3, 2)  # 6 - 3, and 5 - 3
+    assert batch.stats["lag_max"] == 3 and batch.stats["version_span_max"] == 2
+    # lag 3 > 2: dropped although its newest tokens (version 5) are only 1 behind
+    strict = AlgorithmConfig(max_off_policy_steps=2, stale="drop")
+    batch, dropped = build_batch(groups, 6, strict, random.Random(0))
+    assert [g.task_id for g in dropped] == ["span"] and not batch.samples

@@ -73,6 +73,16 @@ def test_the_check_sees_every_kind_of_import():
     assert found == [(1, "services"), (3, "services"), (4, "services")]
 
 
+def test_source_files_stay_small():
+    big = []
+    for package in OURS:
+        for path in _sources(package):
+            lines = len(path.read_text().splitlines())
+            if lines > MAX_LINES:
+                big.append(f"{path.relative_to(REPO)}: {lines} lines")
+    assert big == []
+
+
 def test_config_and_schemas_import_without_torch():
     code = (
         "import sys, common.config, common.schemas, common.transport, common.shell\n"

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from common.schemas import (
     Rollout,
-    SamplingParams,
+    Sampling,
     SchemaError,
     ScoredRollout,
     Task,
@@ -22,7 +22,7 @@ from common.schemas import (
 
 
 def make_task() -> Task:
-    return Task("t1", "p1", [5, 6, 7], 8, SamplingParams(0.7, 0.95, 64, 3), "42", 1, "math", 12.5)
+    return Task("t1", "p1", [5, 6, 7], 8, Sampling(0.7, 0.95, 64, 3), "42", 1, "math", 12.5)
 
 
 def make_rollout(n: int = 4) -> Rollout:
@@ -57,7 +57,7 @@ def test_task_round_trip():
         1,
         "math",
     )
-    assert back.sampling == SamplingParams(0.7, 0.95, 64, 3)
+    assert back.sampling == Sampling(0.7, 0.95, 64, 3)
     assert encode_task(back) == encode_task(task)
 
 
