@@ -1,7 +1,9 @@
-"""The generator service: ``prompts`` -> n samples with behaviour log-probs -> ``rollouts``.
+"""The generator's work: ``prompts`` -> n samples with behaviour log-probs -> ``rollouts``.
+
+Runs inside the process shell (``common.shell``: work loop, REST app, heartbeat).
 
 Parts and ownership:
-- ``GeneratorWorker`` (the service's main thread) owns the engine and the stream consumer.
+- ``GeneratorWorker`` (the process's main thread) owns the engine and the stream consumer.
   Each ``step`` first lets ``SyncClient`` join a new weight-sync epoch or load a pushed
   version (so a sync always falls between engine calls: generation pauses for it and resumes
   after, and no rollout mixes versions), then takes up to ``max_batch_tasks`` tasks, generates,

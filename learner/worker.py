@@ -1,4 +1,5 @@
-"""The learner's work loop (rank 0 of the learner's torchrun group).
+"""The learner's work loop (rank 0 of the learner's torchrun group), inside the process shell
+(``common.shell``: work loop, REST app, heartbeat).
 
 Parts and ownership:
 - ``LearnerWorker`` (main thread) owns the loop and the policy version it trains: feed tasks

@@ -1,7 +1,9 @@
-"""The verifier service: ``rollouts`` -> reward -> ``scored``.
+"""The verifier's work: ``rollouts`` -> reward -> ``scored``.
+
+Runs inside the process shell (``common.shell``: work loop, REST app, heartbeat).
 
 Parts and ownership:
-- ``VerifierWorker`` (runs in the service's main thread): owns the stream consumer, the
+- ``VerifierWorker`` (runs in the process's main thread): owns the stream consumer, the
   scoring pool and the in-flight map (future -> delivery). Each ``step`` tops the pool up with
   new rollouts (so workers never idle while entries wait), then commits every finished verdict
   (scored entry written + rollout acked + id recorded, atomically). A rollout in flight when
