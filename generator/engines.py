@@ -150,7 +150,16 @@ class VllmEngine:
 
     def receive_weights(self, buckets_wire: list) -> dict[str, float]:
         reports = self.llm.collective_rpc("luffy_receive", args=(buckets_wire,))
-        return max(reports, key=lambda r: r["total_s"])  # the slowest worker
+        timing = dict(max(reports, key=lambda r: r["total_s"]))  # the slowest worker
+        started = time.perf_counter()
+        # vLLM caches prompt blocks by token ids (prefix caching is on by default): without a
+        # reset, a prompt seen before the push keeps its old-weight keys/values and every
+        # sample of it mixes versions (seen: log-probs 0.28 off for a 300-token prompt)
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM refused to reset its prefix cache (requests still running)")
+        timing["reset_s"] = time.perf_counter() - started
+        timing["total_s"] += timing["reset_s"]
+        return timing
 
     def close(self) -> None:
         self.llm = None

