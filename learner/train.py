@@ -37,17 +37,36 @@ from learner.policy import build_model
 log = logging.getLogger(__name__)
 
 
+def rank_device(backend: str, environ: dict[str, str] | None = None) -> torch.device:
+    """This rank's device: ``cuda:<LOCAL_RANK>`` under NCCL (each rank its own GPU; without
+    it every rank lands on cuda:0), else the CPU."""
+    if backend != "nccl":
+        return torch.device("cpu")
+    environ = os.environ if environ is None else environ
+    return torch.device("cuda", int(environ.get("LOCAL_RANK", "0")))
+
+
 def init_distributed(backend: str) -> tuple[int, int]:
-    """Join torchrun's group (RANK/WORLD_SIZE in env) or make a group of one."""
+    """Join torchrun's group (RANK/WORLD_SIZE in env) or make a group of one; under NCCL bind
+    this process to its GPU first and tell the group (``device_id``: eager NCCL init)."""
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
+    device = rank_device(backend)
+    device_id = None
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        device_id = device
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, device_id=device_id)
     else:
         from common.net import free_port
 
         dist.init_process_group(
-            backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+            backend,
+            init_method=f"tcp://127.0.0.1:{free_port()}",
+            rank=0,
+            world_size=1,
+            device_id=device_id,
         )
     return dist.get_rank(), dist.get_world_size()
 
@@ -74,11 +93,7 @@ class Trainer:
         self.cfg, self.objective = cfg, objective
         self.rank, self.world = init_distributed(train_backend(cfg.sync.backend))
         self.control = dist.new_group(backend="gloo")  # object broadcasts, whatever the backend
-        self.device = (
-            torch.device("cuda", torch.cuda.current_device())
-            if (torch.cuda.is_available() and dist.get_backend() == "nccl")
-            else torch.device("cpu")
-        )
+        self.device = rank_device(dist.get_backend())
         torch.manual_seed(cfg.run.seed)
         self.model = build_model(cfg, self.device)
         lc = cfg.learner
@@ -177,14 +192,21 @@ class Trainer:
 
     # ---------------------------------------------------------------- weights out
 
-    def full_state_dict(self) -> dict[str, torch.Tensor]:
-        """Full (unsharded) HF-named tensors, on CPU, on rank 0 (empty elsewhere). Collective."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        full = get_model_state_dict(
-            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
-        return {k.removeprefix("lm."): v for k, v in full.items()} if self.rank == 0 else {}
+    def full_state_dict(
+        self, dtype: str | None = None, on_device: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Full (unsharded) HF-named tensors on rank 0 (empty elsewhere), gathered one parameter
+        at a time (rank 0's peak is the model in ``dtype`` plus one gathered parameter), cast to
+        ``dtype`` (default: as trained) and moved to the CPU unless ``on_device`` (a push over
+        NCCL sends them from the GPU). Collective."""
+        cast = getattr(torch, dtype) if dtype else None
+        out: dict[str, torch.Tensor] = {}
+        for name, value in self.model.state_dict().items():
+            full = value.full_tensor() if hasattr(value, "full_tensor") else value
+            if self.rank == 0:
+                full = full.to(dtype=cast or full.dtype)
+                out[name.removeprefix("lm.")] = full if on_device else full.cpu()
+        return out
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -222,4 +244,4 @@ class Trainer:
             write_hf_folder(full, out, str(self.cfg.model.path))
 
 
-__all__ = ["StepResult", "Trainer", "init_distributed", "train_backend"]
+__all__ = ["StepResult", "Trainer", "init_distributed", "rank_device", "train_backend"]

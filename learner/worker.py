@@ -310,7 +310,8 @@ class LearnerWorker:
     # ---------------------------------------------------------------- sync and checkpoints
 
     def _sync(self) -> None:
-        weights = self.ranks.full_state_dict()
+        # in the dtype the generators serve, straight from the device the learner trains on
+        weights = self.ranks.full_state_dict(self.cfg.model.dtype, on_device=True)
         result = self.broadcaster.push(self.version + 1, weights.items())
         self.telemetry.sync(result)
         if result.ok:

@@ -54,6 +54,11 @@ def test_two_rank_fsdp_step_equals_one_rank_step(tmp_path, tiny_model_dir, share
     two = run(tmp_path, tiny_model_dir, "two", 2, *flags, ranks=2)
     assert one["world"] == 1 and two["world"] == 2
     assert_same_training(one, two)
+    # a push gathers every rank's shards into the serving dtype
+    for result in (one, two):
+        push = result["push"]
+        assert push["names_equal"] and push["rounded"]
+        assert push["dtypes"] == ["torch.bfloat16"] and push["devices"] == ["cpu"]
 
 
 def test_shared_prompts_train_like_one_row_per_sample(tmp_path, tiny_model_dir):

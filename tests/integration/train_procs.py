@@ -86,11 +86,25 @@ def main() -> None:
             path = ranks.save(a.ckpt_root, {"version": r.step}, a.keep_last, True)
             results["checkpoints"].append(path)
     results["checksum"] = checksum_run(ranks)
+    results["push"] = push_weights_check(ranks)
     results["world"] = trainer.world
     ranks.stop()
     with open(a.out, "w") as fh:
         json.dump(results, fh)
     dist.destroy_process_group()
+
+
+def push_weights_check(ranks: Ranks) -> dict:
+    """What a weight push sends in bfloat16: its dtypes, devices, and whether each tensor is
+    the trained float32 weight rounded to bfloat16."""
+    trained = ranks.full_state_dict()
+    pushed = ranks.full_state_dict("bfloat16", on_device=True)
+    return {
+        "names_equal": list(pushed) == list(trained),
+        "dtypes": sorted({str(t.dtype) for t in pushed.values()}),
+        "devices": sorted({t.device.type for t in pushed.values()}),
+        "rounded": all(torch.equal(pushed[n], t.to(torch.bfloat16)) for n, t in trained.items()),
+    }
 
 
 def checksum_run(ranks: Ranks) -> dict[str, float]:
