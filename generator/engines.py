@@ -245,6 +245,8 @@ class HfEngine:
     def join_weight_group(self, spec: GroupSpec, first_rank: int) -> int:
         from common.transport.weight_sync import create_group
 
+        if self._group is not None:
+            self._group.abort()
         self._group = None
         _, self._group = create_group(spec, first_rank)
         return first_rank

@@ -19,7 +19,7 @@ from common.transport.weight_sync import (
     Bucket,
     CpuBuffers,
     GroupSpec,
-    broadcast,
+    SyncGroup,
     buckets_from_wire,
     create_group,
     unpack_bucket,
@@ -54,13 +54,15 @@ def _buffer(index: int, bucket: Bucket, device: Any):
 
 
 def receive_weights(
-    group: Any, buckets: Sequence[Bucket], device: Any, timing: Timing | None = None
+    group: SyncGroup, buckets: Sequence[Bucket], device: Any, timing: Timing | None = None
 ) -> Iterator[tuple]:
-    """Yield ``(name, tensor)`` views into receive buffers; consume each before the next push."""
+    """Yield ``(name, tensor)`` views into receive buffers; consume each before the next push.
+    Each bucket's broadcast is waited for with the epoch's timeout: its data is in place (on
+    GPU too) before it is yielded, and a sender that died raises instead of hanging."""
     for index, bucket in enumerate(buckets):
         flat = _buffer(index, bucket, device)
         started = time.perf_counter()
-        broadcast(group, flat, root=0)
+        group.broadcast(flat, root=0)
         if timing is not None:
             timing.transfer_s += time.perf_counter() - started
         yield from unpack_bucket(bucket, flat)
@@ -72,7 +74,7 @@ class VllmWeightReceiver:
     def luffy_join(self, spec: dict, first_rank: int) -> int:
         """Join epoch ``spec`` as rank ``first_rank + <this worker's rank in its engine>``."""
         rank = first_rank + int(getattr(self, "rank", 0))
-        self._luffy_group = None
+        self.luffy_leave()
         _, self._luffy_group = create_group(GroupSpec(**spec), rank)
         return rank
 
@@ -95,7 +97,9 @@ class VllmWeightReceiver:
         return timing.report()
 
     def luffy_leave(self) -> None:
-        self._luffy_group = None
+        group, self._luffy_group = getattr(self, "_luffy_group", None), None
+        if group is not None:
+            group.abort()
 
 
 __all__ = ["Timing", "VllmWeightReceiver", "receive_weights"]

@@ -25,7 +25,6 @@ from common.transport.weight_sync import (
     GroupSpec,
     PushRecord,
     SyncBoard,
-    broadcast_async,
     buckets_to_wire,
     create_group,
     host_store,
@@ -102,7 +101,7 @@ class WeightBroadcaster:
         log.info("weight-sync epoch %d: %d members, world %d", self.epoch, len(ranks), nxt)
         try:
             _, group = create_group(spec, 0, store)
-        except Exception as exc:  # timeout: some member never joined
+        except Exception as exc:  # SyncTimeout: some member never joined or never connected
             arrived = set(joined_ranks(store, self.epoch, nxt))
             missing = [m for m, (first, _) in ranks.items() if first not in arrived]
             log.warning("epoch %d failed (%s); excluding %s", self.epoch, exc, missing)
@@ -117,6 +116,8 @@ class WeightBroadcaster:
             self.excluded[member] = until
 
     def _close_group(self) -> None:
+        if self._group is not None:
+            self._group.abort()  # NCCL keeps a dropped communicator alive
         self._group, self._store = None, None
 
     # ---------------------------------------------------------------- push
@@ -147,7 +148,7 @@ class WeightBroadcaster:
         # announcement and each next one while the previous is on the wire; on CPU all are
         # packed up front, because packing alongside the transfer competed with it for the same
         # cores and memory bandwidth (transfer 1.3x slower, measured in bench/generator.py).
-        if self.backend == "gloo":
+        if self.backend != "nccl":
             flats = iter(
                 [pack_bucket(b, named, out=self._buffers.get(i, b)) for i, b in enumerate(buckets)]
             )
@@ -156,19 +157,21 @@ class WeightBroadcaster:
         flat = next(flats)
         self.board.publish_push(PushRecord(version, self.epoch, buckets_to_wire(buckets)))
         sent = 0
+        deadline, broken = started + self.cfg.timeout_s, False
         try:
             while flat is not None:
-                work = broadcast_async(self._group, flat, root=0)
+                work = self._group.start_broadcast(flat, root=0)
                 nxt = next(flats, None)
-                work.wait()
+                self._group.finish(work, deadline - time.perf_counter())
                 sent += flat.numel() * flat.element_size()
                 flat = nxt
         except Exception as exc:
             log.warning("weight push %d failed during broadcast: %s", version, exc)
-            work = None  # drop every reference to the group so its connections close now:
-            self._close_group()  # receivers still waiting fail fast and ack the failure
-            return self._finish(version, started, sent, broken=True)
-        return self._finish(version, started, sent, broken=False)
+            broken = True
+        work = None  # outside the except block: no traceback or work holds the group now,
+        if broken:  # so aborting it closes its connections and receivers still waiting fail
+            self._close_group()  # fast and ack the failure
+        return self._finish(version, started, sent, broken=broken)
 
     def _device(self) -> Any:
         import torch

@@ -253,8 +253,10 @@ class AlgorithmConfig(_Section):
 
 
 class SyncConfig(_Section):
-    backend: Literal["auto", "gloo", "nccl"] = "auto"
-    """Weight-sync process group backend: ``auto`` = nccl on GPU, gloo on CPU."""
+    backend: Literal["auto", "gloo", "nccl", "gloo-lazy"] = "auto"
+    """Weight-sync process group backend: ``auto`` = nccl on GPU, gloo on CPU. ``gloo-lazy``:
+    gloo that connects at the first collective, like NCCL (the CPU stand-in the tests use to
+    run the NCCL protocol without a GPU)."""
     every: int = Field(default=1, ge=1)
     """Broadcast weights every N optimizer steps."""
     host: str = "127.0.0.1"
