@@ -205,6 +205,49 @@ def status(ctx: typer.Context, config: ConfigOpt = None) -> None:
 
 
 @app.command()
+def compose(
+    gpus: Annotated[int, typer.Option(help="GPUs on the machine.")] = 8,
+    learner_gpus: Annotated[str, typer.Option(help="The learner's GPUs: 0-3 or 0,1,2,3.")] = "0-3",
+    generators: Annotated[int, typer.Option(help="Generator replicas, one service each.")] = 4,
+    gpus_per_generator: Annotated[int, typer.Option(help="GPUs per generator.")] = 1,
+    base: Annotated[Path, typer.Option(help="The compose file to derive from.")] = Path(
+        "docker-compose.yml"
+    ),
+    out: Annotated[Path, typer.Option(help="Where to write the GPU stack.")] = Path(
+        "docker-compose.gpu.yml"
+    ),
+) -> None:
+    """Write a compose file for the GPU stack with each service on its own GPUs."""
+    import yaml
+
+    from services.compose import (
+        PlacementError,
+        check_placement,
+        gpu_stack,
+        parse_gpus,
+        write_gpu_stack,
+    )
+
+    try:
+        stack = gpu_stack(
+            yaml.safe_load(base.read_text()),
+            parse_gpus(learner_gpus),
+            generators,
+            gpus,
+            gpus_per_generator,
+        )
+        problems = check_placement(stack, gpus)
+    except (PlacementError, OSError, KeyError) as exc:
+        typer.echo(f"compose: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if problems:
+        typer.echo("compose: " + "; ".join(problems), err=True)
+        raise typer.Exit(2)
+    write_gpu_stack(out, stack)
+    typer.echo(f"wrote {out}: learner on GPUs {learner_gpus}, {generators} generator(s)")
+
+
+@app.command()
 def prepare(
     src: Annotated[Path, typer.Argument(help="LUFFY / OpenR1 / our .parquet or .jsonl file.")],
     dst: Annotated[Path, typer.Argument(help="Output .jsonl or .parquet in our format.")],
