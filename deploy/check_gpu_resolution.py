@@ -4,6 +4,7 @@ package resolves to its pin and nothing unpinned comes in. Exit 1 with the diffe
 import json
 import re
 import sys
+from pathlib import Path
 
 
 def canonical(name: str) -> str:
@@ -11,14 +12,14 @@ def canonical(name: str) -> str:
 
 
 def main(report_path: str, constraints_path: str) -> int:
-    report = json.load(open(report_path))
+    report = json.loads(Path(report_path).read_text())
     resolved = {
         canonical(i["metadata"]["name"]): i["metadata"]["version"]
         for i in report["install"]
         if canonical(i["metadata"]["name"]) != "luffy-async"
     }
     pins = {}
-    for line in open(constraints_path):
+    for line in Path(constraints_path).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             name, _, version = line.partition("==")

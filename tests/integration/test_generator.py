@@ -90,7 +90,7 @@ def test_vllm_serves_more_seeded_prompt_tokens_than_one_step_takes(vllm_engine):
     assert [len(samples) for samples in out] == [8] * 64
 
 
-def start_generator(redis_url, run_name, model_dir, tmp_path, gen_id, *extra):
+def start_generator(redis_url, run_name, model_dir, tmp_path, gen_id, *extra, env=None):
     return spawn(
         "-m",
         "services.generator",
@@ -111,6 +111,7 @@ def start_generator(redis_url, run_name, model_dir, tmp_path, gen_id, *extra):
         "--sync.timeout_s",
         "30",
         *extra,
+        env=env,
     )
 
 
