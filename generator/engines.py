@@ -54,6 +54,10 @@ class Engine(Protocol):
 
     def generate(self, requests: list[GenRequest]) -> list[list[Completion]]: ...
     def join_weight_group(self, spec: GroupSpec, first_rank: int) -> int: ...
+    def leave_weight_group(self) -> None:
+        """Leave the current epoch's group (this generator was left out of a newer one)."""
+        ...
+
     def receive_weights(self, buckets_wire: list) -> dict[str, float]:
         """Receive and load one push; returns seconds: total_s, transfer_s, load_s."""
         ...
@@ -147,6 +151,9 @@ class VllmEngine:
     def join_weight_group(self, spec: GroupSpec, first_rank: int) -> int:
         ranks = self.llm.collective_rpc("luffy_join", args=(vars(spec), first_rank))
         return min(ranks)
+
+    def leave_weight_group(self) -> None:
+        self.llm.collective_rpc("luffy_leave")
 
     def receive_weights(self, buckets_wire: list) -> dict[str, float]:
         reports = self.llm.collective_rpc("luffy_receive", args=(buckets_wire,))
@@ -245,11 +252,14 @@ class HfEngine:
     def join_weight_group(self, spec: GroupSpec, first_rank: int) -> int:
         from common.transport.weight_sync import create_group
 
-        if self._group is not None:
-            self._group.abort()
-        self._group = None
+        self.leave_weight_group()
         _, self._group = create_group(spec, first_rank)
         return first_rank
+
+    def leave_weight_group(self) -> None:
+        group, self._group = self._group, None
+        if group is not None:
+            group.abort()
 
     def receive_weights(self, buckets_wire: list) -> dict[str, float]:
         from generator.weight_receiver import Timing, receive_weights

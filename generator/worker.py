@@ -9,13 +9,13 @@ Parts and ownership:
   after, and no rollout mixes versions), then takes up to ``max_batch_tasks`` tasks, generates,
   and commits all their rollouts together with the task acks (atomic; a task whose process
   dies mid-batch stays pending and another replica reclaims it).
-- ``SyncClient`` owns this generator's view of the sync: current epoch, loaded policy
-  version, last error. A failed sync leaves the old weights serving; status says so.
+- ``SyncClient`` (``generator.sync_client``) owns this generator's view of the weight sync.
+  While it is behind the learner by more than the run accepts (dropped from an epoch while
+  hung, or a failed load), the worker takes no tasks and ``/readyz`` says why.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import deque
@@ -27,69 +27,10 @@ from common.shell import ServiceContext
 from common.transport import Delivery, Output, StreamConsumer
 from common.transport.weight_sync import SyncBoard
 from generator.engines import Engine, GenRequest, make_engine
+from generator.sync_client import SyncClient
 
 log = logging.getLogger(__name__)
 _RATE_WINDOW_S = 30.0
-
-
-class SyncClient:
-    def __init__(self, board: SyncBoard, engine: Engine, member_id: str):
-        self.board, self.engine, self.member_id = board, engine, member_id
-        self.epoch: int | None = None
-        self.joined = False
-        self.version = 0
-        self.latest_version = 0
-        self.last_error = ""
-        self.last_seconds = 0.0
-        self.last_timing: dict[str, float] = {}
-        self.syncs = {"ok": 0, "error": 0}
-
-    def poll(self) -> float | None:
-        """Join a new epoch and/or load a pushed version; returns the load time if it loaded."""
-        epoch, push = self.board.read()
-        if epoch and epoch.epoch != self.epoch and self.member_id in epoch.ranks:
-            self._join(epoch)
-        if push is None:
-            return None
-        self.latest_version = max(self.latest_version, push.version)
-        if self.joined and push.epoch == self.epoch and push.version > self.version:
-            return self._load(push)
-        return None
-
-    def _join(self, epoch: Any) -> None:
-        self.epoch = epoch.epoch  # one attempt per epoch: a failed one waits for the next
-        first = epoch.ranks[self.member_id][0]
-        try:
-            self.engine.join_weight_group(epoch.spec(), first)
-        except Exception as exc:
-            self.joined, self.last_error = False, f"join epoch {epoch.epoch}: {exc}"
-            log.warning("could not join weight-sync epoch %d: %s", epoch.epoch, exc)
-            return
-        self.joined, self.last_error = True, ""
-        log.info("joined weight-sync epoch %d as rank %d", epoch.epoch, first)
-
-    def _load(self, push: Any) -> float | None:
-        try:
-            timing = self.engine.receive_weights(push.buckets)
-        except Exception as exc:
-            self.joined = False  # the group is broken; the learner starts a new epoch
-            self.syncs["error"] += 1
-            self.last_error = f"sync to version {push.version} failed: {exc}"
-            self.board.ack(push.version, push.epoch, self.member_id, False, str(exc))
-            log.warning("%s; still serving version %d", self.last_error, self.version)
-            return None
-        self.last_seconds = timing["total_s"]
-        self.last_timing = timing
-        self.version, self.last_error = push.version, ""
-        self.syncs["ok"] += 1
-        self.board.ack(push.version, push.epoch, self.member_id, True, json.dumps(timing))
-        log.info(
-            "loaded policy version %d in %.3fs (transfer %.3fs)",
-            push.version,
-            timing["total_s"],
-            timing["transfer_s"],
-        )
-        return self.last_seconds
 
 
 class GeneratorWorker:
@@ -114,7 +55,12 @@ class GeneratorWorker:
             decode=decode_task,
             precheck_seen=True,  # generation is expensive: skip tasks already done
         )
-        self.sync = SyncClient(SyncBoard(ctx.redis, ctx.keys), self.engine, ctx.member_id)
+        self.sync = SyncClient(
+            SyncBoard(ctx.redis, ctx.keys),
+            self.engine,
+            ctx.member_id,
+            max_lag=cfg.algorithm.max_off_policy_steps,
+        )
         self._metrics(ctx)
 
     def _metrics(self, ctx: ServiceContext) -> None:
@@ -160,6 +106,9 @@ class GeneratorWorker:
         loaded = self.sync.poll()
         if loaded is not None:
             self.sync_seconds.observe(loaded)
+        if self.sync.behind():  # stale weights never sample: wait for the learner's catch-up
+            self.ctx.stop.wait(self.gen.sync_poll_ms / 1000)
+            return loaded is not None
         block = min(self.ctx.config.redis.block_ms, self.gen.sync_poll_ms)
         batch = self.consumer.fetch(count=self.gen.max_batch_tasks, block_ms=block)
         tasks = [d for d in batch if self._admissible(d)]
@@ -247,13 +196,7 @@ class GeneratorWorker:
             "latest_pushed_version": sync.latest_version,
             "tokens_per_s": round(self.tokens_per_second(), 1),
             "inflight": self.inflight,
-            "sync": {
-                "epoch": sync.epoch,
-                "joined": sync.joined,
-                "last_seconds": sync.last_seconds,
-                "last_error": sync.last_error,
-                **sync.syncs,
-            },
+            "sync": sync.status(),
             "counters": {
                 "tasks": self.tasks._value.get(),
                 "rollouts": self.rollouts._value.get(),
@@ -265,7 +208,10 @@ class GeneratorWorker:
         }
 
     def not_ready(self) -> list[str]:
-        return [] if self.engine is not None else ["engine not loaded"]
+        if self.engine is None:
+            return ["engine not loaded"]
+        behind = self.sync.behind()
+        return [behind] if behind else []
 
     def controls(self) -> dict:
         return {}

@@ -6,7 +6,8 @@
   (reason ``incomplete``), never silently. A re-delivered sample (same rollout id) is ignored.
 - ``build_batch`` turns complete groups into ``Sample``s with GRPO advantages; groups whose
   on-policy samples are older than ``max_off_policy_steps`` are dropped (``stale = drop``) or
-  kept for the decoupled correction (``stale = correct``); either way they are counted. A
+  kept for the decoupled correction (``stale = correct``) up to the hard bound
+  ``max_corrected_lag``, beyond which they are dropped too; either way they are counted. A
   rollout's age is judged by its oldest token's version (``policy_version``); how many versions
   its tokens span (``version_max - policy_version``) is reported as ``version_span_max``.
 """
@@ -116,13 +117,20 @@ def _stale(group: Group, version: int, max_lag: int) -> bool:
     return oldest is not None and version - oldest > max_lag
 
 
+def _too_stale(group: Group, version: int, algo: AlgorithmConfig) -> bool:
+    """Dropped: older than accepted and either not to be corrected or past the hard bound."""
+    if not _stale(group, version, algo.max_off_policy_steps):
+        return False
+    return algo.stale == "drop" or _stale(group, version, algo.max_corrected_lag)
+
+
 def build_batch(
     groups: list[Group], version: int, algo: AlgorithmConfig, rng: random.Random
 ) -> tuple[TrainBatch, list[Group]]:
     """Samples with advantages from complete ``groups``; returns (batch, dropped stale groups)."""
     kept, dropped = [], []
     for group in groups:
-        if _stale(group, version, algo.max_off_policy_steps) and algo.stale == "drop":
+        if _too_stale(group, version, algo):
             dropped.append(group)
         else:
             kept.append(group)

@@ -11,6 +11,7 @@ the others; the learner goes on either way.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -48,33 +49,82 @@ class SyncResult:
     bytes: int = 0
 
 
+class Heartbeats:
+    """Which sync members stopped heartbeating: their membership record is gone, or its last
+    beat is older than ``stale_after_s`` (a SIGSTOPped or wedged process stops beating)."""
+
+    def __init__(self, board: SyncBoard, role: str, stale_after_s: float):
+        self.board, self.role, self.stale_after_s = board, role, stale_after_s
+        self._next_check, self._stopped = 0.0, []
+
+    def stopped(self, members: Iterable[str]) -> list[str]:
+        members = sorted(members)
+        if not members:
+            return []
+        keys = [self.board.keys.member(self.role, m) for m in members]
+        raws = self.board.redis.call(self.board.redis.client.mget, keys)
+        limit = time.time() - self.stale_after_s
+        return [m for m, raw in zip(members, raws, strict=True) if not raw or _beat(raw) < limit]
+
+    def forget(self) -> None:
+        """Drop the cached reading (a new push starts with a fresh one)."""
+        self._next_check, self._stopped = 0.0, []
+
+    def stopped_now(self, members: Iterable[str]) -> list[str]:
+        """``stopped``, read at most twice a second (it is polled during transfers)."""
+        now = time.monotonic()
+        if now >= self._next_check:
+            self._next_check, self._stopped = now + 0.5, self.stopped(members)
+        return self._stopped
+
+
+def _beat(raw: bytes) -> float:
+    try:
+        return float(json.loads(raw).get("time", 0.0))
+    except (ValueError, AttributeError):
+        return 0.0
+
+
 class WeightBroadcaster:
-    def __init__(self, board: SyncBoard, cfg: SyncConfig, role: str = "generator"):
+    def __init__(
+        self, board: SyncBoard, cfg: SyncConfig, role: str = "generator", heartbeat_s: float = 2.0
+    ):
         self.board, self.cfg, self.role = board, cfg, role
         self.backend = resolve_backend(cfg.backend)
         self.epoch = self._last_epoch()
         self.members: dict[str, list[int]] = {}
-        self.excluded: dict[str, float] = {}  # member -> until (monotonic)
+        self.excluded: dict[str, float] = {}  # member -> until (monotonic): it failed a sync
+        self.silent: dict[str, float] = {}  # member -> when (wall) it stopped heartbeating
+        self.beats = Heartbeats(board, role, 3 * heartbeat_s)
         self._store: Any = None
         self._group: Any = None
         self._buffers = CpuBuffers()  # send buffers on CPU (gloo)
 
     def _last_epoch(self) -> int:
-        record, _ = self.board.read()
+        record = self.board.read().epoch
         return record.epoch if record else 0
 
     # ---------------------------------------------------------------- membership
 
     def live_members(self) -> dict[str, int]:
-        """Live generators able to sync, minus recently failed ones: id -> ranks they need."""
+        """Live generators able to sync, minus recently failed ones and those that went silent
+        and have not beaten since: id -> ranks they need."""
         now = time.monotonic()
         self.excluded = {m: until for m, until in self.excluded.items() if until > now}
         out = {}
         for record in list_members(self.board.redis, self.board.keys, self.role):
-            ranks = int(record.get("sync_ranks") or 0)
-            if ranks > 0 and record["id"] not in self.excluded:
-                out[str(record["id"])] = ranks
+            member, ranks = str(record["id"]), int(record.get("sync_ranks") or 0)
+            if member in self.silent and float(record.get("time", 0.0)) > self.silent[member]:
+                log.info("%s heartbeats again: it rejoins at the next epoch", member)
+                del self.silent[member]
+            if ranks > 0 and member not in self.excluded and member not in self.silent:
+                out[member] = ranks
         return out
+
+    def newcomers(self) -> list[str]:
+        """Live generators outside the current epoch (one came back after being dropped, or
+        a new one started): they serve nothing until a push brings them in."""
+        return sorted(set(self.live_members()) - set(self.members))
 
     def ensure_epoch(self) -> bool:
         """Rebuild the group if the live membership changed; False if nobody is there."""
@@ -139,6 +189,7 @@ class WeightBroadcaster:
         return result
 
     def _attempt(self, version: int, named: dict[str, Any], started: float) -> SyncResult:
+        self.beats.forget()
         if not self.ensure_epoch():
             self.board.set_policy_version(version)
             return SyncResult(version, True, time.perf_counter() - started)
@@ -162,7 +213,7 @@ class WeightBroadcaster:
             while flat is not None:
                 work = self._group.start_broadcast(flat, root=0)
                 nxt = next(flats, None)
-                self._group.finish(work, deadline - time.perf_counter())
+                self._group.finish(work, deadline - time.perf_counter(), self._gone)
                 sent += flat.numel() * flat.element_size()
                 flat = nxt
         except Exception as exc:
@@ -172,6 +223,10 @@ class WeightBroadcaster:
         if broken:  # so aborting it closes its connections and receivers still waiting fail
             self._close_group()  # fast and ack the failure
         return self._finish(version, started, sent, broken=broken)
+
+    def _gone(self) -> str:
+        stopped = self.beats.stopped_now(self.members)
+        return f"members stopped heartbeating: {stopped}" if stopped else ""
 
     def _device(self) -> Any:
         import torch
@@ -192,8 +247,10 @@ class WeightBroadcaster:
         silent = [m for m in self.members if m not in acks]
         if failed:
             log.warning("weight push %d: members failed: %s", version, failed)
-        if silent:
-            self._exclude(silent)  # dead or hung: left out of the next epochs for a while
+        gone = set(self.beats.stopped(silent))
+        for member in gone:  # hung or dead: left out until it heartbeats again
+            self.silent[member] = time.time()
+        self._exclude([m for m in silent if m not in gone])  # alive but mute: for a while
         if broken or failed:
             self._close_group()  # the next push starts a new epoch
             self.members = {}
@@ -203,9 +260,14 @@ class WeightBroadcaster:
         return SyncResult(version, ok, time.perf_counter() - started, ok_members, failed, sent)
 
     def _wait_acks(self, version: int, deadline: float) -> dict[str, dict]:
+        """Acks of this push, waiting for every member that still heartbeats."""
         while True:
             acks = self.board.acks(version, self.epoch)
-            if all(m in acks for m in self.members) or time.perf_counter() > deadline:
+            waiting = [m for m in self.members if m not in acks]
+            if not waiting or time.perf_counter() > deadline:
+                return acks
+            if set(waiting) <= set(self.beats.stopped_now(waiting)):
+                log.warning("push %d: not waiting for %s (no heartbeat)", version, waiting)
                 return acks
             time.sleep(0.01)  # acks are written right after the receivers' loads finish
 

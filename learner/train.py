@@ -16,6 +16,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -46,18 +47,19 @@ def rank_device(backend: str, environ: dict[str, str] | None = None) -> torch.de
     return torch.device("cuda", int(environ.get("LOCAL_RANK", "0")))
 
 
-def init_distributed(backend: str) -> tuple[int, int]:
+def init_distributed(backend: str, timeout_s: float = 600.0) -> tuple[int, int]:
     """Join torchrun's group (RANK/WORLD_SIZE in env) or make a group of one; under NCCL bind
     this process to its GPU first and tell the group (``device_id``: eager NCCL init)."""
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     device = rank_device(backend)
+    timeout = timedelta(seconds=timeout_s)
     device_id = None
     if device.type == "cuda":
         torch.cuda.set_device(device)
         device_id = device
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        dist.init_process_group(backend, device_id=device_id)
+        dist.init_process_group(backend, device_id=device_id, timeout=timeout)
     else:
         from common.net import free_port
 
@@ -67,6 +69,7 @@ def init_distributed(backend: str) -> tuple[int, int]:
             rank=0,
             world_size=1,
             device_id=device_id,
+            timeout=timeout,
         )
     return dist.get_rank(), dist.get_world_size()
 
@@ -91,8 +94,11 @@ class StepResult:
 class Trainer:
     def __init__(self, cfg: Config, objective: Objective):
         self.cfg, self.objective = cfg, objective
-        self.rank, self.world = init_distributed(train_backend(cfg.sync.backend))
-        self.control = dist.new_group(backend="gloo")  # object broadcasts, whatever the backend
+        timeout_s = cfg.learner.collective_timeout_s
+        self.rank, self.world = init_distributed(train_backend(cfg.sync.backend), timeout_s)
+        # object broadcasts, whatever the backend; a rank that stops answering fails them (and
+        # the learner) within the timeout instead of hanging it
+        self.control = dist.new_group(backend="gloo", timeout=timedelta(seconds=timeout_s))
         self.device = rank_device(dist.get_backend())
         torch.manual_seed(cfg.run.seed)
         self.model = build_model(cfg, self.device)

@@ -55,6 +55,7 @@ LEARNER_CONSUMER = "learner"
 # stream peaks track the stack's speed (6k -> 9k scored entries as the VM sped up).
 TRIM_EVERY_S = 2.0
 QUEUES_EVERY_S = 1.0
+NEWCOMERS_EVERY_S = 2.0  # how often an idle learner looks for generators outside the epoch
 
 
 class RunExists(RuntimeError):
@@ -70,6 +71,7 @@ class LearnerWorker:
         self._final_eval_started = False
         self._next_queues = 0.0
         self._next_trim = 0.0
+        self._next_newcomers = 0.0
 
     # ---------------------------------------------------------------- setup
 
@@ -93,7 +95,9 @@ class LearnerWorker:
         self.rng = random.Random(cfg.run.seed)
         self.ckpt_root = str(cfg.run.run_dir / "checkpoints")
         self.board = SyncBoard(ctx.redis, ctx.keys)
-        self.broadcaster = WeightBroadcaster(self.board, cfg.sync)
+        self.broadcaster = WeightBroadcaster(
+            self.board, cfg.sync, heartbeat_s=cfg.redis.heartbeat_interval_s
+        )
         self.consumer = StreamConsumer(
             ctx.redis,
             ctx.keys,
@@ -207,6 +211,7 @@ class LearnerWorker:
         self._receive(block)
         self._expire()
         if len(self.assembler.ready) < want:
+            self._bring_in_newcomers()
             return False
         groups = self.assembler.take(want)
         batch, stale = build_batch(groups, self.version, self.algo, self.rng)
@@ -234,6 +239,20 @@ class LearnerWorker:
         )
         self.ctx.stop.set()
         return False
+
+    def _bring_in_newcomers(self) -> None:
+        """While waiting for groups: a generator outside the epoch (back from a hang, or new)
+        takes no tasks until a push brings it in, so push now rather than at the next step
+        (which may never come if it is the only one). Version 0 needs none: every generator
+        starts from those weights."""
+        now = time.monotonic()
+        if self.version == 0 or now < self._next_newcomers:
+            return
+        self._next_newcomers = now + NEWCOMERS_EVERY_S
+        newcomers = self.broadcaster.newcomers()
+        if newcomers:
+            log.info("bringing %s into weight sync (version %d)", newcomers, self.version + 1)
+            self._sync()
 
     def _maintain_streams(self) -> None:
         """Keep the streams bounded for everyone (trim below what all groups acked) and read

@@ -85,7 +85,7 @@ def member_rows(snap: dict[str, Any]) -> list[list[str]]:
                     role,
                     str(member.get("id")),
                     f"{member.get('host')}:{member.get('port')}",
-                    str(member.get("ready")),
+                    "yes" if member.get("ready") else "; ".join(member.get("not_ready") or ["no"]),
                     str(version),
                     progress,
                     rate,

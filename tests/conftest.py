@@ -3,9 +3,11 @@ unique run name per test whose keys are deleted afterwards, and the tiny model b
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import redis
@@ -81,3 +83,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+class FaultReport:
+    """Counts of the fault-injection tests (injected, survived, lost, duplicated, timings),
+    written as fault_report.json in pytest's base temp folder and printed at the end."""
+
+    rows: ClassVar[list[dict]] = []  # one report per test session
+
+    def add(self, fault: str, **counts: object) -> None:
+        self.rows.append({"fault": fault, **counts})
+
+
+@pytest.fixture(scope="session")
+def faults() -> FaultReport:
+    return FaultReport()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    if not FaultReport.rows:
+        return
+    path = Path(config._tmp_path_factory.getbasetemp()) / "fault_report.json"
+    path.write_text(json.dumps(FaultReport.rows, indent=2))
+    terminalreporter.section("fault report")
+    for row in FaultReport.rows:
+        terminalreporter.write_line(json.dumps(row))
+    terminalreporter.write_line(f"written to {path}")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 class _Section(BaseModel):
@@ -176,6 +176,11 @@ class LearnerConfig(_Section):
     """Token budget per forward/backward micro-batch."""
     nproc: int = Field(default=1, ge=1)
     """Learner ranks (torchrun processes, FSDP2)."""
+    collective_timeout_s: float = Field(default=600.0, gt=0)
+    """A collective between learner ranks (a step's reductions, gathering weights, a
+    checkpoint) that does not finish in this time fails the learner loudly instead of hanging
+    on a dead or hung rank; the supervisor restarts it from its last checkpoint. Keep it above
+    the longest step and checkpoint."""
     threads: int = Field(default=0, ge=0)
     """CPU threads for this process's torch/OpenMP work (0 = torch's default: every core). On
     a shared CPU machine keep the sum over the stack's processes at most the core count: idle
@@ -241,6 +246,10 @@ class AlgorithmConfig(_Section):
     """Largest accepted policy lag of a rollout; also bounds groups in flight (0 = synchronous)."""
     stale: Literal["drop", "correct"] = "correct"
     """Groups older than ``max_off_policy_steps``: drop, or keep with a truncated IS weight."""
+    max_corrected_lag: int = Field(default=4, ge=0)
+    """Hard bound of ``stale = correct``: a group whose oldest sample lags more versions than
+    this is dropped and counted, however it would be weighted (the truncated importance weight
+    corrects a few versions of drift, not a generator that served stale weights for long)."""
     decoupled: bool = True
     """Decoupled objective: on-policy ratio against the learner's own pre-update policy, each
     token weighted by the truncated importance weight min(pi_prox / pi_behav, ``is_cap``)."""
@@ -250,6 +259,15 @@ class AlgorithmConfig(_Section):
     """Use a random trace prefix with a length ratio in (min, max) instead of the whole trace."""
     target_prob: float = Field(default=1.0, ge=0, le=1)
     """Probability that a group includes its off-policy trace(s)."""
+
+    @model_validator(mode="after")
+    def _lags_in_order(self) -> AlgorithmConfig:
+        if self.max_corrected_lag < self.max_off_policy_steps:
+            raise ValueError(
+                f"max_corrected_lag ({self.max_corrected_lag}) must be >= max_off_policy_steps "
+                f"({self.max_off_policy_steps})"
+            )
+        return self
 
 
 class SyncConfig(_Section):
@@ -278,6 +296,10 @@ class ServicesConfig(_Section):
     """Bearer token required by control routes (pause, resume, checkpoint) when set."""
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     """Largest accepted request body (413 beyond)."""
+    watchdog_s: float = Field(default=1800.0, gt=0)
+    """``/readyz`` reports a work loop that has not finished a step for this long (a hung
+    engine, a wedged collective). Keep it above the longest legitimate step: a weight push
+    (``sync.timeout_s``), a checkpoint, one engine call."""
 
 
 class Config(_Section):

@@ -89,6 +89,7 @@ class ServiceRuntime:
         )
         self.port: int | None = None
         self.steps = 0
+        self._progress_at = time.monotonic()  # when the work loop last finished a step
         self._loop_error: str | None = None
         self._setup_done = False
         self._server: Any = None
@@ -117,6 +118,12 @@ class ServiceRuntime:
             reasons.append(f"work loop failed: {self._loop_error}")
         if self._setup_done:
             reasons += self.worker.not_ready()
+            idle = time.monotonic() - self._progress_at
+            if idle > self.config.services.watchdog_s:
+                reasons.append(
+                    f"work loop has not advanced for {idle:.0f}s "
+                    f"(services.watchdog_s = {self.config.services.watchdog_s:g})"
+                )
         return reasons
 
     def status(self) -> dict[str, Any]:
@@ -126,6 +133,7 @@ class ServiceRuntime:
             "paused": self.ctx.paused.is_set(),
             "redis_connected": self.ctx.redis.connected,
             "steps": self.steps,
+            "loop_idle_s": round(time.monotonic() - self._progress_at, 1),
         }
         if self._setup_done:
             base.update(self.worker.status())
@@ -171,9 +179,13 @@ class ServiceRuntime:
             "port": self.port,
             "pid": os.getpid(),
             "started": self.started,
-            "ready": not self.not_ready(),
+            **self._readiness(),
             **(self.worker.member_info() if self._setup_done else {}),
         }
+
+    def _readiness(self) -> dict[str, Any]:
+        reasons = self.not_ready()
+        return {"ready": not reasons, "not_ready": [r[:200] for r in reasons[:3]]}
 
     def _install_signals(self) -> None:
         def handle(signum: int, _frame: Any) -> None:
@@ -195,6 +207,7 @@ class ServiceRuntime:
         try:
             self.worker.setup(self.ctx)
             self._setup_done = True
+            self._progress_at = time.monotonic()
             self._heartbeat = Heartbeat(
                 self.ctx.redis,
                 self.ctx.keys,
@@ -218,11 +231,13 @@ class ServiceRuntime:
     def _loop(self) -> None:
         stop, paused = self.ctx.stop, self.ctx.paused
         while not stop.is_set():
-            if paused.is_set():
+            if paused.is_set():  # paused on purpose: not a stall
+                self._progress_at = time.monotonic()
                 stop.wait(0.05)
                 continue
             busy = self.worker.step()
             self.steps += 1
+            self._progress_at = time.monotonic()
             if not busy:
                 stop.wait(0.005)
 

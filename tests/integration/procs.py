@@ -3,7 +3,8 @@
 python -m tests.integration.procs hold URL RUN STREAM CONSUMER COUNT
     fetch COUNT entries without acking, print "HOLDING <n>", then wait to be killed.
 python -m tests.integration.procs relay [luffy config overrides...]
-    run the real ServiceRuntime with RelayWorker (prompts -> rollouts, payload unchanged).
+    run the real ServiceRuntime with RelayWorker (prompts -> rollouts, payload unchanged);
+    its control ``stall`` makes the next step block until the process stops (a wedged loop).
 python -m tests.integration.procs heartbeat URL RUN ID TTL
     keep a membership key alive, print "BEATING", wait to be killed.
 """
@@ -26,12 +27,15 @@ class RelayWorker:
 
     def setup(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
+        self.stalled = False
         self.consumer = StreamConsumer(
             ctx.redis, ctx.keys, "prompts", ctx.member_id, ctx.config.redis
         )
         self.relayed = ctx.metrics.counter("relayed_total", "Entries relayed")
 
     def step(self) -> bool:
+        if self.stalled:
+            self.ctx.stop.wait()  # wedged until the process is told to stop
         batch = self.consumer.fetch(block_ms=50)
         written = self.consumer.commit([(d, [Output("rollouts", d.key, d.payload)]) for d in batch])
         self.relayed.inc(sum(written))
@@ -44,7 +48,11 @@ class RelayWorker:
         return []
 
     def controls(self) -> dict:
-        return {}
+        def stall() -> dict:
+            self.stalled = True
+            return {"stalled": True}
+
+        return {"stall": stall}
 
     def member_info(self) -> dict:
         return {}

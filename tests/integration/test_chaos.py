@@ -62,7 +62,7 @@ def kill_something(rng: random.Random, resilient, keys, learner_kills: int) -> s
 
 
 @pytest.mark.slow
-def test_chaos_run_loses_and_duplicates_nothing(redis_url, tmp_path):
+def test_chaos_run_loses_and_duplicates_nothing(redis_url, tmp_path, faults):
     run = f"chaos-{uuid.uuid4().hex[:8]}"
     task = tmp_path / "task"
     min_steps = 150
@@ -149,6 +149,14 @@ def test_chaos_run_loses_and_duplicates_nothing(redis_url, tmp_path):
     }
     (tmp_path / "chaos_report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
+    faults.add(
+        "SIGKILL chaos under luffy up",
+        injected=len(kills),
+        survived=len(kills) if up.returncode == 0 else 0,
+        lost=report["unaccounted"],
+        duplicated=duplicates,
+        kills=report["kills"],
+    )
     assert duplicates == 0
     assert fed - accounted == set() and accounted - fed == set()
     assert not (set(seen) & inflight)

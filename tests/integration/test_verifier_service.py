@@ -3,6 +3,7 @@
 import signal
 
 import httpx
+import pytest
 
 from common.membership import list_members
 from common.schemas import Rollout, decode_scored, encode_rollout
@@ -41,9 +42,12 @@ def stop(proc):
         proc.wait(30)
 
 
-def test_two_verifiers_share_work_and_a_sigkill_loses_nothing(
-    redis_url, run_name, resilient, rclient, tmp_path
+@pytest.mark.parametrize("fault", ["SIGKILL", "SIGSTOP"])
+def test_two_verifiers_share_work_and_a_dead_or_hung_one_loses_nothing(
+    fault, redis_url, run_name, resilient, rclient, tmp_path, faults
 ):
+    """SIGKILL: the survivor reclaims the victim's rollouts. SIGSTOP: the same while it hangs;
+    woken, it finishes and commits what it held, which is acked without a second verdict."""
     keys = Keys(run_name)
     n = 600
     victim = start_verifier(redis_url, run_name, tmp_path, "--verifier.id", "victim")
@@ -65,9 +69,14 @@ def test_two_verifiers_share_work_and_a_sigkill_loses_nothing(
             return held.get("victim", 0) > 0 and by_victim >= 10
 
         wait_for(victim_mid_work, 60, "the victim to have scored some and hold more")
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
+        victim.send_signal(getattr(signal, fault))
+        if fault == "SIGKILL":
+            victim.wait()
         wait_for(lambda: rclient.xlen(scored) >= n, 90, "all rollouts scored")
+        if fault == "SIGSTOP":
+            victim.send_signal(signal.SIGCONT)
+            pending = keys.stream("rollouts")
+            wait_for(lambda: rclient.xpending(pending, "verifiers")["pending"] == 0, 60, "acks")
         members = list_members(resilient, keys, "verifier")
         base = f"http://127.0.0.1:{members[0]['port']}"
         status = httpx.get(f"{base}/status").json()
@@ -86,6 +95,14 @@ def test_two_verifiers_share_work_and_a_sigkill_loses_nothing(
     assert producers == {"victim", "survivor"}  # the work was shared
     assert status["id"] == "survivor" and status["counters"]["reclaimed"] > 0
     assert rclient.xpending(keys.stream("rollouts"), "verifiers")["pending"] == 0
+    faults.add(
+        f"verifier {fault} mid-work",
+        injected=1,
+        survived=1,
+        lost=n - len(set(ids)),
+        duplicated=len(ids) - len(set(ids)),
+        reclaimed=status["counters"]["reclaimed"],
+    )
 
 
 def test_verify_endpoint_and_metrics_of_a_running_verifier(

@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--ckpt-root", default="")
     p.add_argument("--keep-last", type=int, default=3)
     p.add_argument("--no-share", action="store_true", help="learner.share_prompts = false")
+    p.add_argument("--collective-timeout", default="600", help="learner.collective_timeout_s")
     a = p.parse_args()
     cfg = load_config(
         overrides=[
@@ -62,6 +63,8 @@ def main() -> None:
             "gloo",
             "--learner.share_prompts",
             str(not a.no_share).lower(),
+            "--learner.collective_timeout_s",
+            a.collective_timeout,
         ],
         environ={},
     )
@@ -79,6 +82,7 @@ def main() -> None:
         before = checksum_run(ranks) if nan else None
         r = ranks.train_step(batch_for(trainer.step + 1, nan))
         results["losses"][str(r.step)] = r.loss
+        print(f"step {r.step} loss {r.loss:.6f}", flush=True)
         if r.skipped:
             results["skipped"].append(r.step)
             results["untouched"] = checksum_run(ranks) == before

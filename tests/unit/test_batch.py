@@ -115,3 +115,18 @@ def test_a_rollout_spanning_versions_is_as_old_as_its_oldest_token():
     strict = AlgorithmConfig(max_off_policy_steps=2, stale="drop")
     batch, dropped = build_batch(groups, 6, strict, random.Random(0))
     assert [g.task_id for g in dropped] == ["span"] and not batch.samples
+
+
+def test_correction_has_a_hard_bound_beyond_which_groups_are_dropped():
+    # learner at 10; lags 2 (corrected), 4 (at the bound: corrected), 5 (past it: dropped)
+    algo = AlgorithmConfig(max_off_policy_steps=1, stale="correct", max_corrected_lag=4)
+    groups = groups_of(("a", [1, 0], 8, False), ("b", [1, 0], 6, False), ("c", [1, 0], 5, False))
+    batch, dropped = build_batch(groups, 10, algo, random.Random(0))
+    assert [g.task_id for g in dropped] == ["c"] and batch.groups == 2
+    assert batch.stats["stale_dropped"] == 1 and batch.stats["stale_corrected"] == 2
+    assert batch.stats["lag_max"] == 4
+
+
+def test_the_hard_bound_cannot_be_below_the_accepted_lag():
+    with pytest.raises(ValueError, match=r"max_corrected_lag \(1\) must be >= max_off_policy"):
+        AlgorithmConfig(max_off_policy_steps=2, max_corrected_lag=1)

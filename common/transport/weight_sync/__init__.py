@@ -16,7 +16,7 @@ Parts and who owns what:
 Only metadata travels through Redis; tensors travel only over the process group.
 """
 
-from common.transport.weight_sync.board import EpochRecord, PushRecord, SyncBoard
+from common.transport.weight_sync.board import EpochRecord, PushRecord, SyncBoard, SyncState
 from common.transport.weight_sync.buckets import (
     Bucket,
     BucketItem,
@@ -48,6 +48,7 @@ __all__ = [
     "PushRecord",
     "SyncBoard",
     "SyncGroup",
+    "SyncState",
     "SyncTimeout",
     "buckets_from_wire",
     "buckets_to_wire",

@@ -40,6 +40,15 @@ class PushRecord:
     created: float = field(default_factory=time.time)
 
 
+@dataclass(frozen=True)
+class SyncState:
+    """What a receiver reads each poll: the epoch, the latest push, the learner's version."""
+
+    epoch: EpochRecord | None
+    push: PushRecord | None
+    policy_version: int
+
+
 class SyncBoard:
     """The sync records of one run in Redis."""
 
@@ -62,17 +71,18 @@ class SyncBoard:
         }
         self.redis.call(self.redis.client.set, f"{self.keys.sync}:push", json.dumps(body))
 
-    def read(self) -> tuple[EpochRecord | None, PushRecord | None]:
-        """The current epoch and the latest push, in one round trip."""
-        raw_epoch, raw_push = self.redis.call(
-            self.redis.client.mget, [self.keys.sync, f"{self.keys.sync}:push"]
+    def read(self) -> SyncState:
+        """The current epoch, the latest push and the policy version, in one round trip."""
+        raw_epoch, raw_push, raw_version = self.redis.call(
+            self.redis.client.mget,
+            [self.keys.sync, f"{self.keys.sync}:push", self.keys.policy_version],
         )
         epoch = EpochRecord(**json.loads(raw_epoch)) if raw_epoch else None
         push = None
         if raw_push:
             body = json.loads(raw_push)
             push = PushRecord(body["version"], body["epoch"], body["buckets"], body["created"])
-        return epoch, push
+        return SyncState(epoch, push, int(raw_version) if raw_version is not None else 0)
 
     def ack(self, version: int, epoch: int, member: str, ok: bool, detail: str = "") -> None:
         value = json.dumps({"ok": ok, "detail": detail[:500], "time": time.time()})
@@ -98,4 +108,4 @@ class SyncBoard:
         self.redis.call(self.redis.client.set, self.keys.policy_version, version)
 
 
-__all__ = ["EpochRecord", "PushRecord", "SyncBoard"]
+__all__ = ["EpochRecord", "PushRecord", "SyncBoard", "SyncState"]

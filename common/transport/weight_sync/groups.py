@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -149,10 +151,25 @@ class SyncGroup:
         opts.rootRank = root
         return self._pg.broadcast([tensor], opts)
 
-    def finish(self, work: Any, timeout_s: float | None = None) -> None:
-        """Block the host until ``work`` is done (data in place) or raise ``SyncTimeout``."""
+    def finish(
+        self,
+        work: Any,
+        timeout_s: float | None = None,
+        give_up: Callable[[], str] | None = None,
+    ) -> None:
+        """Block the host until ``work`` is done (data in place) or raise ``SyncTimeout``.
+        ``give_up`` (polled while waiting) returns a reason to stop waiting early, e.g. a
+        peer that stopped heartbeating: a hung peer then costs seconds, not the timeout."""
         limit = self.spec.timeout_s if timeout_s is None else timeout_s
-        error = _wait(work, max(limit, 0.001))
+        deadline = time.perf_counter() + limit
+        error = ""
+        while give_up is not None and not work.is_completed():
+            error = give_up()
+            if error or time.perf_counter() > deadline:
+                break
+            time.sleep(0.002)
+        if not error:
+            error = _wait(work, max(deadline - time.perf_counter(), 0.001))
         del work  # see abort: nothing may keep the group alive once this raises
         if error:
             raise SyncTimeout(
@@ -168,10 +185,16 @@ class SyncGroup:
         fail at once (measured: 0.5 s; after ``abort()`` they waited for their timeout), so
         here it is only released: callers must not keep works or tracebacks of it."""
         self.connected = False
-        pg, self._pg = self._pg, None
-        if pg is not None and self.spec.backend == "nccl":
+        box, self._pg = [self._pg], None
+        if box[0] is None:
+            return
+        if self.spec.backend == "nccl":
             with contextlib.suppress(Exception):
-                pg.abort()
+                box[0].abort()
+        # The last reference goes on a thread of its own: destroying a gloo group waits for the
+        # collectives still in flight, and a send to a hung (not dead) peer runs until its
+        # timeout (seen: a push held 60 s by a SIGSTOPped member after it had given up on it).
+        threading.Thread(target=box.clear, name="sync-group-release", daemon=True).start()
 
 
 def _wait(work: Any, timeout_s: float) -> str:
