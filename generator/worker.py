@@ -24,6 +24,7 @@ from typing import Any
 
 from common.schemas import Rollout, Task, decode_task, encode_rollout
 from common.shell import ServiceContext
+from common.shell.preflight import check_gpu_request, check_model_folder
 from common.transport import Delivery, Output, StreamConsumer
 from common.transport.weight_sync import SyncBoard
 from generator.engines import Engine, GenRequest, make_engine
@@ -45,6 +46,8 @@ class GeneratorWorker:
         self.ctx = ctx
         cfg = ctx.config
         self.gen = cfg.generator
+        check_gpu_request(cfg.sync.backend)
+        check_model_folder(cfg.model.path)
         self.engine = make_engine(cfg, seed=cfg.run.seed)
         self.consumer = StreamConsumer(
             ctx.redis,

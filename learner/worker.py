@@ -25,13 +25,13 @@ import time
 from typing import Any
 
 from common.schemas import ScoredRollout, decode_scored
-from common.shell import ServiceContext
+from common.shell import ServiceContext, StartupError
+from common.shell.preflight import check_gpu_request, check_model_folder
 from common.transport import (
     STREAM_GROUPS,
     Delivery,
     StreamConsumer,
     StreamPublisher,
-    stale_run_refusal,
     stream_depths,
     trim_acked,
 )
@@ -41,10 +41,11 @@ from learner.bookkeeping import Bookkeeping
 from learner.broadcast import WeightBroadcaster
 from learner.checkpoint import list_checkpoints
 from learner.collective import Ranks, follow
-from learner.data import load_examples, prompt_ids, trace_ids
+from learner.data import DataError, load_examples, prompt_ids, trace_ids
 from learner.evaluation import EvalRounds
 from learner.feeder import Feeder
 from learner.objective import make_objective
+from learner.startup import load_training_data, refuse_to_start_over
 from learner.telemetry import LearnerTelemetry
 from learner.train import Trainer
 
@@ -56,10 +57,6 @@ LEARNER_CONSUMER = "learner"
 TRIM_EVERY_S = 2.0
 QUEUES_EVERY_S = 1.0
 NEWCOMERS_EVERY_S = 2.0  # how often an idle learner looks for generators outside the epoch
-
-
-class RunExists(RuntimeError):
-    """A fresh learner was started on a run name that already has checkpoints or state."""
 
 
 class LearnerWorker:
@@ -82,14 +79,9 @@ class LearnerWorker:
         self.started = time.monotonic()
         self.cfg, self.lc, self.algo = cfg, cfg.learner, cfg.algorithm
         self.objective = make_objective(cfg.algorithm)
-        if cfg.learner.train_file is None:
-            raise ValueError("learner.train_file is required (a .jsonl or .parquet of prompts)")
-        self.examples, self.bad_rows = load_examples(cfg.learner.train_file)
-        if not self.objective.generates and all(ex.target is None for ex in self.examples):
-            raise ValueError(
-                f"algorithm.mode {self.objective.mode!r} trains on traces only, but no row of "
-                f"{cfg.learner.train_file} has a 'target'"
-            )
+        check_gpu_request(cfg.sync.backend)
+        check_model_folder(cfg.model.path)
+        self.examples, self.bad_rows = load_training_data(self.lc, self.objective)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         self.ranks = Ranks(Trainer(cfg, self.objective))
         self.rng = random.Random(cfg.run.seed)
@@ -143,7 +135,10 @@ class LearnerWorker:
     def _eval_rounds(self, ctx: ServiceContext) -> EvalRounds | None:
         if not (self.lc.eval_file and self.lc.eval_every):
             return None
-        examples, _ = load_examples(self.lc.eval_file)
+        try:
+            examples, _ = load_examples(self.lc.eval_file)
+        except DataError as exc:
+            raise StartupError(f"learner.eval_file: {exc}") from None
         return EvalRounds(
             examples, self.tokenizer, self.cfg, StreamPublisher(ctx.redis, ctx.keys, "prompts")
         )
@@ -153,7 +148,7 @@ class LearnerWorker:
         current = self.board.policy_version()
         checkpoints = list_checkpoints(self.ckpt_root)
         if not self.lc.resume:
-            self._refuse_to_start_over(checkpoints)
+            refuse_to_start_over(self.ctx, self.ckpt_root, checkpoints)
         if self.lc.resume and checkpoints:
             meta = self.ranks.load(checkpoints[-1])
             self.feeder.load_state(meta["feeder"])
@@ -167,20 +162,6 @@ class LearnerWorker:
             # generators may hold newer weights than ours: push ours under a new version
             self.version = max(self.version, current)
             self._sync()
-
-    def _refuse_to_start_over(self, checkpoints: list) -> None:
-        """A fresh start on top of an earlier run of the same name would stall (its ids are
-        already done downstream) or mix checkpoints: say so instead."""
-        run = self.cfg.run.name
-        if checkpoints:
-            raise RunExists(
-                f"run {run!r} already has checkpoints in {self.ckpt_root} (newest "
-                f"{checkpoints[-1]}): continue it with --learner.resume true (luffy up does), "
-                "or start a new run with another --run.name"
-            )
-        refusal = stale_run_refusal(self.ctx.redis, self.ctx.keys, self.ckpt_root)
-        if refusal:
-            raise RunExists(refusal)
 
     def close(self) -> None:
         if self.ranks is not None:
@@ -385,4 +366,4 @@ def follow_rank_0(cfg: Any) -> int:
     return 0
 
 
-__all__ = ["LearnerWorker", "RunExists", "follow_rank_0"]
+__all__ = ["LearnerWorker", "follow_rank_0"]

@@ -29,6 +29,7 @@ from pathlib import Path
 from common.config import Config, write_resolved
 from common.embedded_redis import RedisUnavailable, ensure_redis
 from common.logs import setup_logging
+from common.shell import EXIT_BAD_SETUP
 from services.stack import overrides_as_env, service_command
 
 log = logging.getLogger("luffy.up")
@@ -108,6 +109,7 @@ class Supervisor:
                 cmd = exe + service_command(role, config_path)[1:]
                 self.children.append(Child(name, role, cmd, env, logs / f"{name}.log"))
         self.finished = False
+        self.fatal = ""  # a child that cannot start: why (the stack stops)
         self.events: list[str] = []
 
     def start(self) -> None:
@@ -130,6 +132,10 @@ class Supervisor:
             if child.role == "learner" and code == 0:
                 self.finished = True
                 self._event("learner finished (exit 0)")
+                continue
+            if code == EXIT_BAD_SETUP:  # restarting would only fail the same way
+                self.fatal = f"{child.name} cannot start: {_reason(child.log_path)}"
+                self._event(f"{self.fatal} (exit {code}; log: {child.log_path})")
                 continue
             # back off exponentially while a child keeps dying young; a child that ran for a
             # while before dying is restarted at once
@@ -202,14 +208,17 @@ def run_up(cfg: Config, config_path: str | None = None, overrides: list[str] = (
         from services.dashboard import Dashboard
 
         with Dashboard(cfg, url, supervisor) as dashboard:
-            while not supervisor.finished and stopping["signal"] is None:
+            while not (supervisor.finished or supervisor.fatal) and stopping["signal"] is None:
                 supervisor.poll()
                 dashboard.refresh()
                 time.sleep(0.5)  # the supervisor's own tick: children are watched by polling
         reason = "training finished" if supervisor.finished else "stopping on signal"
-        log.info("%s; stopping the stack", reason)
+        log.info("%s; stopping the stack", supervisor.fatal or reason)
         supervisor.stop()
         dashboard.final()
+        if supervisor.fatal:
+            log.error("%s", supervisor.fatal)
+            return EXIT_BAD_SETUP
         return 0
     finally:
         for sig, handler in old.items():
@@ -217,6 +226,20 @@ def run_up(cfg: Config, config_path: str | None = None, overrides: list[str] = (
         if server:
             server.stop()
             log.info("embedded redis stopped")
+
+
+def _reason(log_path: Path) -> str:
+    """The line a child that refused to start gave for it (the end of its log)."""
+    try:
+        lines = log_path.read_text(errors="replace").splitlines()[-200:]
+    except OSError:
+        return "(no log)"
+    for line in reversed(lines):
+        if "cannot start:" in line:
+            return line.split("cannot start:", 1)[1].strip()
+        if line.startswith("config error:"):
+            return line
+    return next((line for line in reversed(lines) if line.strip()), "(empty log)")
 
 
 def up_args(config: str, run: str, out_dir: str | Path, *overrides: str) -> list[str]:

@@ -34,6 +34,9 @@ class RedisConfig(_Section):
     """Redis URL. An unreachable loopback URL gets an embedded Redis (see ``embedded``)."""
     embedded: Literal["auto", "always", "never"] = "auto"
     """``auto``: ``luffy up`` starts a redis-server when ``url`` is loopback and unreachable."""
+    start_timeout_s: float = Field(default=15.0, gt=0)
+    """A service whose Redis does not answer this long after start exits with the reason
+    (later outages are ridden out with back-off)."""
     block_ms: int = Field(default=1000, ge=1, le=60_000)
     """How long a consumer blocks in XREADGROUP waiting for new entries."""
     read_count: int = Field(default=64, ge=1, le=5_000)

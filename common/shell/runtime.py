@@ -28,6 +28,7 @@ from common.membership import Heartbeat
 from common.metrics import Metrics
 from common.net import bind_socket
 from common.shell.app import create_app
+from common.shell.preflight import EXIT_BAD_SETUP, StartupError, wait_for_redis
 from common.transport import Keys, Resilient, Stopped
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,13 @@ class ServiceRuntime:
         import uvicorn
 
         svc = self.config.services
-        sock = bind_socket(svc.host, svc.port)
+        try:
+            sock = bind_socket(svc.host, svc.port)
+        except OSError as exc:
+            raise StartupError(
+                f"services.port {svc.port} on {svc.host} cannot be bound ({exc.strerror}): "
+                "another process has it; pick another port or 0 for a free one"
+            ) from None
         self.port = sock.getsockname()[1]
         token = svc.token.get_secret_value() if svc.token else None
         app = create_app(
@@ -202,9 +209,10 @@ class ServiceRuntime:
         path = write_resolved(cfg, cfg.run.run_dir, self.role)
         log.info("resolved config written to %s", path)
         self._install_signals()
-        self._start_http()
         rc = 0
         try:
+            self._start_http()
+            wait_for_redis(self.ctx.redis, cfg.redis.url, cfg.redis.start_timeout_s)
             self.worker.setup(self.ctx)
             self._setup_done = True
             self._progress_at = time.monotonic()
@@ -220,6 +228,10 @@ class ServiceRuntime:
             self._loop()
         except Stopped:
             pass
+        except StartupError as exc:  # an expected mistake: one line, no traceback
+            self._loop_error = str(exc)
+            log.error("%s cannot start: %s", self.role, exc)
+            rc = EXIT_BAD_SETUP
         except Exception as exc:
             self._loop_error = f"{type(exc).__name__}: {exc}"
             log.exception("%s work loop failed", self.role)

@@ -1,0 +1,75 @@
+"""Checks a service runs before it starts working, so an expected mistake (a wrong URL, a
+missing model, a port in use, data that cannot train, a GPU that is not there) ends the
+process within seconds with one line that names it, instead of a traceback or a silent wait.
+
+``StartupError`` carries that line; the shell logs it without a traceback and exits with
+``EXIT_BAD_SETUP`` (2, as for a config error), which ``luffy up`` takes as fatal: it stops the
+stack and reports which child refused and why instead of restarting it forever.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from common.transport import Resilient
+
+EXIT_BAD_SETUP = 2
+
+
+class StartupError(RuntimeError):
+    """An expected mistake in the setup of a run: its message is the one line users read."""
+
+
+def wait_for_redis(redis_: Resilient, url: str, timeout_s: float) -> None:
+    """Redis must answer within ``timeout_s`` of start (later outages are ridden out)."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    while not redis_.ping():
+        if time.monotonic() + delay > deadline:
+            raise StartupError(
+                f"redis at {url} is not reachable after {timeout_s:g}s ({redis_.last_error}): "
+                "start Redis or fix redis.url"
+            )
+        time.sleep(delay)  # a bounded wait at start, not a synchronisation
+        delay = min(delay * 2, 2.0)
+
+
+def check_model_folder(path: Path) -> None:
+    """``model.path`` must be an HF model folder whose config.json parses."""
+    config = Path(path) / "config.json"
+    if not Path(path).is_dir():
+        raise StartupError(f"model.path {str(path)!r} is not a folder (no model there)")
+    if not config.is_file():
+        raise StartupError(f"model.path {str(path)!r} has no config.json (not an HF model folder)")
+    try:
+        parsed = json.loads(config.read_text())
+    except (OSError, ValueError) as exc:
+        raise StartupError(
+            f"model.path {str(path)!r}: config.json does not parse ({exc})"
+        ) from None
+    if not isinstance(parsed, dict) or "model_type" not in parsed:
+        raise StartupError(f"model.path {str(path)!r}: config.json has no 'model_type'")
+
+
+def check_gpu_request(sync_backend: str) -> None:
+    """NCCL asked for on a machine where CUDA sees no GPU."""
+    if sync_backend != "nccl":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise StartupError(
+            "sync.backend = 'nccl' needs a CUDA GPU, and none is visible here (use 'auto' or "
+            "'gloo' on CPU)"
+        )
+
+
+__all__ = [
+    "EXIT_BAD_SETUP",
+    "StartupError",
+    "check_gpu_request",
+    "check_model_folder",
+    "wait_for_redis",
+]
