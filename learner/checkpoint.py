@@ -20,6 +20,10 @@ import torch
 import torch.distributed as dist
 
 
+class CheckpointFailed(RuntimeError):
+    """Writing a checkpoint failed (disk full, folder unwritable); nothing of it was kept."""
+
+
 def save_checkpoint(
     root: str,
     name: str,
@@ -34,6 +38,31 @@ def save_checkpoint(
     newest. ``export_hf(folder)`` (collective) writes the HF folder inside it."""
     rank = dist.get_rank()
     final, tmp = os.path.join(root, name), os.path.join(root, f".tmp-{name}")
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        return _write(root, final, tmp, model, optimizer, meta, keep_last, control, export_hf)
+    except (Exception, CheckpointException) as exc:  # DCP's error is a BaseException
+        if rank == 0:  # the partial copy goes; the previous checkpoints were never touched
+            shutil.rmtree(tmp, ignore_errors=True)
+        reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ""
+        raise CheckpointFailed(
+            f"{type(exc).__name__}: {reason} (writing {final}; {_free_space(root)})"
+        ) from None
+
+
+def _free_space(root: str) -> str:
+    """How much room the checkpoint's disk has: the usual cause, stated (torch's own error
+    for a full disk can be as terse as 'unexpected pos 704 vs 598')."""
+    try:
+        usage = shutil.disk_usage(root)
+    except OSError as exc:
+        return f"disk usage unknown: {exc}"
+    return f"{usage.free / 2**20:.1f} MB free of {usage.total / 2**20:.0f} MB on that disk"
+
+
+def _write(root, final, tmp, model, optimizer, meta, keep_last, control, export_hf) -> str:
+    rank = dist.get_rank()
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
@@ -104,4 +133,10 @@ def list_checkpoints(root: str) -> list[str]:
     return [os.path.join(root, n) for n in names]
 
 
-__all__ = ["list_checkpoints", "load_checkpoint", "save_checkpoint", "write_hf_folder"]
+__all__ = [
+    "CheckpointFailed",
+    "list_checkpoints",
+    "load_checkpoint",
+    "save_checkpoint",
+    "write_hf_folder",
+]

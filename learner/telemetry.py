@@ -47,6 +47,8 @@ class LearnerTelemetry:
         self.last_eval: dict[str, Any] = {}
         self.queues: dict[str, dict[str, int]] = {}
         self.trimmed = 0
+        self.checkpoint_error = ""  # the last checkpoint's failure, until one succeeds
+        self.rows_lost = 0  # metrics.jsonl rows that could not be written
         self._register(metrics, consumer)
 
     def _register(self, m: Metrics, consumer: StreamConsumer) -> None:
@@ -91,8 +93,13 @@ class LearnerTelemetry:
 
     def write_row(self, row: dict[str, Any]) -> None:
         row = {"time": round(time.time(), 3), "version": self.version(), **row}
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        try:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        except OSError as exc:  # a full disk must not stop training; the rows say so
+            self.rows_lost += 1
+            if self.rows_lost == 1 or self.rows_lost % 100 == 0:
+                log.error("cannot append to %s (%s): %d rows lost", self.path, exc, self.rows_lost)
 
     def step(self, result: StepResult, batch: TrainBatch) -> None:
         """A training step: metrics, its metrics.jsonl row and a log line."""
@@ -198,6 +205,8 @@ class LearnerTelemetry:
             "last_eval": self.last_eval,
             "queues": self.queues,
             "trimmed_entries": self.trimmed,
+            "checkpoint_error": self.checkpoint_error,
+            "metrics_rows_lost": self.rows_lost,
             "response_len_on_mean": stats.get("response_len_on_mean"),
             "cursor": self.feeder.state()["cursor"],
         }

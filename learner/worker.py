@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from common.schemas import ScoredRollout, decode_scored
-from common.shell import ServiceContext, StartupError
+from common.shell import FatalError, ServiceContext, StartupError
 from common.shell.preflight import check_gpu_request, check_model_folder
 from common.transport import (
     STREAM_GROUPS,
@@ -39,7 +39,7 @@ from common.transport.weight_sync import SyncBoard
 from learner.batch import GroupAssembler, TrainBatch, build_batch, trace_sample
 from learner.bookkeeping import Bookkeeping
 from learner.broadcast import WeightBroadcaster
-from learner.checkpoint import list_checkpoints
+from learner.checkpoint import CheckpointFailed, list_checkpoints
 from learner.collective import Ranks, follow
 from learner.data import DataError, load_examples, prompt_ids, trace_ids
 from learner.evaluation import EvalRounds
@@ -57,6 +57,7 @@ LEARNER_CONSUMER = "learner"
 TRIM_EVERY_S = 2.0
 QUEUES_EVERY_S = 1.0
 NEWCOMERS_EVERY_S = 2.0  # how often an idle learner looks for generators outside the epoch
+MAX_CHECKPOINT_FAILURES = 3  # in a row, before the learner stops
 
 
 class LearnerWorker:
@@ -69,6 +70,7 @@ class LearnerWorker:
         self._next_queues = 0.0
         self._next_trim = 0.0
         self._next_newcomers = 0.0
+        self._checkpoint_failures = 0
 
     # ---------------------------------------------------------------- setup
 
@@ -165,8 +167,12 @@ class LearnerWorker:
 
     def close(self) -> None:
         if self.ranks is not None:
-            if self.ranks.step > self._checkpointed_step:  # leave a resumable checkpoint
-                self._checkpoint()
+            failing = self._checkpoint_failures >= MAX_CHECKPOINT_FAILURES
+            if self.ranks.step > self._checkpointed_step and not failing:  # leave one to resume
+                try:
+                    self._checkpoint()
+                except FatalError as exc:
+                    log.error("learner stops: %s", exc)
             self.ranks.stop()
 
     # ---------------------------------------------------------------- loop
@@ -317,14 +323,43 @@ class LearnerWorker:
         if result.ok:
             self.version = result.version
 
-    def _checkpoint(self) -> str:
+    def _checkpoint(self) -> str | None:
         extra = {"version": self.version, "feeder": self.feeder.state(), **self.books.state()}
-        path = self.ranks.save(self.ckpt_root, extra, self.lc.keep_last, self.lc.export_hf)
+        try:
+            path = self.ranks.save(self.ckpt_root, extra, self.lc.keep_last, self.lc.export_hf)
+        except CheckpointFailed as exc:
+            self._checkpoint_failed(exc)
+            return None
+        self._checkpoint_failures, self.telemetry.checkpoint_error = 0, ""
         self._checkpointed_step = self.ranks.step
         self.books.checkpointed(self.ranks.step)
         self.books.ack(self._held_tasks())
         log.info("checkpoint %s", path)
         return path
+
+    def _checkpoint_failed(self, exc: CheckpointFailed) -> None:
+        """Keep training on the last good checkpoint's guarantees: nothing since it is acked
+        (a restart trains it again); retry at the next checkpoint; stop after a few failures
+        in a row rather than train on for hours that a crash would lose."""
+        self._checkpoint_failures += 1
+        good = list_checkpoints(self.ckpt_root)
+        kept = f"the newest good checkpoint is {good[-1]}" if good else "no checkpoint yet"
+        what = (
+            f"checkpoint at step {self.ranks.step} failed ({exc}); {kept}; scored entries "
+            "since it stay unacked and a restart trains them again"
+        )
+        self.telemetry.checkpoint_error = what
+        if self._checkpoint_failures >= MAX_CHECKPOINT_FAILURES:
+            raise FatalError(
+                f"{what}. {self._checkpoint_failures} checkpoints in a row failed: free space in "
+                f"{self.ckpt_root} (or make it writable) and continue the run (luffy up resumes)"
+            )
+        log.error(
+            "%s; retrying at the next checkpoint (%d of %d in a row)",
+            what,
+            self._checkpoint_failures,
+            MAX_CHECKPOINT_FAILURES,
+        )
 
     # ---------------------------------------------------------------- REST
 

@@ -134,7 +134,7 @@ class Supervisor:
                 self._event("learner finished (exit 0)")
                 continue
             if code == EXIT_BAD_SETUP:  # restarting would only fail the same way
-                self.fatal = f"{child.name} cannot start: {_reason(child.log_path)}"
+                self.fatal = f"{child.name}: {_reason(child.log_path)}"
                 self._event(f"{self.fatal} (exit {code}; log: {child.log_path})")
                 continue
             # back off exponentially while a child keeps dying young; a child that ran for a
@@ -235,8 +235,9 @@ def _reason(log_path: Path) -> str:
     except OSError:
         return "(no log)"
     for line in reversed(lines):
-        if "cannot start:" in line:
-            return line.split("cannot start:", 1)[1].strip()
+        for marker in ("cannot start:", "stops:"):
+            if marker in line:
+                return f"{marker.rstrip(':')}: {line.split(marker, 1)[1].strip()}"
         if line.startswith("config error:"):
             return line
     return next((line for line in reversed(lines) if line.strip()), "(empty log)")

@@ -2,11 +2,12 @@
 app beside it (``app``: health, readiness, status, metrics, controls). A role brings a
 ``Worker``; the shell owns the process around it."""
 
-from common.shell.preflight import EXIT_BAD_SETUP, StartupError
+from common.shell.preflight import EXIT_BAD_SETUP, FatalError, StartupError
 from common.shell.runtime import ServiceContext, ServiceRuntime, Worker, default_member_id
 
 __all__ = [
     "EXIT_BAD_SETUP",
+    "FatalError",
     "ServiceContext",
     "ServiceRuntime",
     "StartupError",

@@ -18,7 +18,12 @@ from common.transport import Resilient
 EXIT_BAD_SETUP = 2
 
 
-class StartupError(RuntimeError):
+class FatalError(RuntimeError):
+    """The service cannot go on, for a reason its message states in one line (logged without a
+    traceback; exit ``EXIT_BAD_SETUP``; ``luffy up`` stops the stack instead of restarting)."""
+
+
+class StartupError(FatalError):
     """An expected mistake in the setup of a run: its message is the one line users read."""
 
 
@@ -68,6 +73,7 @@ def check_gpu_request(sync_backend: str) -> None:
 
 __all__ = [
     "EXIT_BAD_SETUP",
+    "FatalError",
     "StartupError",
     "check_gpu_request",
     "check_model_folder",

@@ -28,7 +28,7 @@ from common.membership import Heartbeat
 from common.metrics import Metrics
 from common.net import bind_socket
 from common.shell.app import create_app
-from common.shell.preflight import EXIT_BAD_SETUP, StartupError, wait_for_redis
+from common.shell.preflight import EXIT_BAD_SETUP, FatalError, StartupError, wait_for_redis
 from common.transport import Keys, Resilient, Stopped
 
 log = logging.getLogger(__name__)
@@ -228,9 +228,10 @@ class ServiceRuntime:
             self._loop()
         except Stopped:
             pass
-        except StartupError as exc:  # an expected mistake: one line, no traceback
+        except FatalError as exc:  # an expected end: one line, no traceback
             self._loop_error = str(exc)
-            log.error("%s cannot start: %s", self.role, exc)
+            what = "cannot start" if isinstance(exc, StartupError) else "stops"
+            log.error("%s %s: %s", self.role, what, exc)
             rc = EXIT_BAD_SETUP
         except Exception as exc:
             self._loop_error = f"{type(exc).__name__}: {exc}"
