@@ -25,7 +25,8 @@ from typing import Any
 from common.schemas import Rollout, Task, decode_task, encode_rollout
 from common.shell import ServiceContext
 from common.shell.preflight import check_gpu_request, check_model_folder
-from common.transport import Delivery, Output, StreamConsumer
+from common.transport import Delivery, Output, RunStateLost, StreamConsumer
+from common.transport.marker import RunMarker
 from common.transport.weight_sync import SyncBoard
 from generator.engines import Engine, GenRequest, make_engine
 from generator.sync_client import SyncClient
@@ -49,6 +50,8 @@ class GeneratorWorker:
         check_gpu_request(cfg.sync.backend)
         check_model_folder(cfg.model.path)
         self.engine = make_engine(cfg, seed=cfg.run.seed)
+        self.marker = RunMarker(ctx.redis, ctx.keys)
+        self.lost_batches = 0  # batches dropped because Redis lost the run's state
         self.consumer = StreamConsumer(
             ctx.redis,
             ctx.keys,
@@ -97,6 +100,7 @@ class GeneratorWorker:
             "sync_ranks": self.engine.sync_ranks() if self.engine else 0,
             "engine": self.gen.engine,
             "policy_version": self.sync.version,
+            "sync_epoch": self.sync.epoch or 0,
         }
 
     def close(self) -> None:
@@ -109,14 +113,24 @@ class GeneratorWorker:
         loaded = self.sync.poll()
         if loaded is not None:
             self.sync_seconds.observe(loaded)
-        if self.sync.behind():  # stale weights never sample: wait for the learner's catch-up
+        # stale weights never sample, and nothing is read while Redis lost the run's state
+        if self.sync.behind() or self.marker.lost():
             self.ctx.stop.wait(self.gen.sync_poll_ms / 1000)
             return loaded is not None
+        self.consumer.incarnation = self.marker.value
+        try:
+            return self._generate(loaded is not None)
+        except RunStateLost as exc:  # the tasks read belong to a state that is gone
+            self.lost_batches, self.inflight = self.lost_batches + 1, 0
+            log.warning("dropping the current batch: %s", exc)
+            return True
+
+    def _generate(self, loaded: bool) -> bool:
         block = min(self.ctx.config.redis.block_ms, self.gen.sync_poll_ms)
         batch = self.consumer.fetch(count=self.gen.max_batch_tasks, block_ms=block)
         tasks = [d for d in batch if self._admissible(d)]
         if not tasks:
-            return bool(batch) or loaded is not None
+            return bool(batch) or loaded
         self.inflight = len(tasks)
         started = time.perf_counter()
         samples = self.engine.generate([self._request(d.value) for d in tasks])
@@ -207,14 +221,16 @@ class GeneratorWorker:
                 "duplicates": stats.duplicates,
                 "deadlettered": stats.deadlettered,
                 "reclaimed": stats.reclaimed,
+                "batches_dropped_state_lost": self.lost_batches,
             },
+            "run_state": self.marker.reason or "ok",
         }
 
     def not_ready(self) -> list[str]:
         if self.engine is None:
             return ["engine not loaded"]
-        behind = self.sync.behind()
-        return [behind] if behind else []
+        lost = self.marker.reason and f"{self.marker.reason}; waiting for the learner to rebuild it"
+        return [why for why in (self.sync.behind(), lost) if why]
 
     def controls(self) -> dict:
         return {}

@@ -96,13 +96,19 @@ class WeightBroadcaster:
         self.excluded: dict[str, float] = {}  # member -> until (monotonic): it failed a sync
         self.silent: dict[str, float] = {}  # member -> when (wall) it stopped heartbeating
         self.beats = Heartbeats(board, role, 3 * heartbeat_s)
+        self._announced: tuple[int, int] = (0, 0)  # (version, epoch) of the push on the wire
+        self._next_push_check = 0.0
         self._store: Any = None
         self._group: Any = None
         self._buffers = CpuBuffers()  # send buffers on CPU (gloo)
 
     def _last_epoch(self) -> int:
+        """The newest epoch anyone knows: the record, or what generators report (Redis may
+        have lost the record; a new epoch must not reuse a number they still hold)."""
         record = self.board.read().epoch
-        return record.epoch if record else 0
+        members = list_members(self.board.redis, self.board.keys, self.role)
+        known = [int(m.get("sync_epoch") or 0) for m in members]
+        return max([record.epoch if record else 0, *known])
 
     # ---------------------------------------------------------------- membership
 
@@ -182,7 +188,7 @@ class WeightBroadcaster:
         named = dict(tensors)
         result = self._attempt(version, named, started)
         if not result.ok and result.failed and time.perf_counter() - started < self.cfg.timeout_s:
-            log.info("retrying push %d without %s", version, sorted(self.excluded))
+            log.info("retrying push %d without %s", version, sorted({*self.excluded, *self.silent}))
             retry = self._attempt(version, named, started)
             retry.failed = {**result.failed, **retry.failed}
             result = retry
@@ -207,6 +213,7 @@ class WeightBroadcaster:
             flats = (pack_bucket(b, named, self._device()) for b in buckets)
         flat = next(flats)
         self.board.publish_push(PushRecord(version, self.epoch, buckets_to_wire(buckets)))
+        self._announced, self._next_push_check = (version, self.epoch), time.monotonic() + 0.5
         sent = 0
         deadline, broken = started + self.cfg.timeout_s, False
         try:
@@ -225,8 +232,19 @@ class WeightBroadcaster:
         return self._finish(version, started, sent, broken=broken)
 
     def _gone(self) -> str:
+        """Why waiting for the current broadcast is pointless: a member stopped heartbeating,
+        or the push announcement vanished (Redis lost the run's state: no receiver will ever
+        read it). Checked at most twice a second."""
         stopped = self.beats.stopped_now(self.members)
-        return f"members stopped heartbeating: {stopped}" if stopped else ""
+        if stopped:
+            return f"members stopped heartbeating: {stopped}"
+        now = time.monotonic()
+        if now >= self._next_push_check:
+            self._next_push_check = now + 0.5
+            push = self.board.read().push
+            if push is None or (push.version, push.epoch) != self._announced:
+                return "the push announcement is gone from Redis (it lost the run's state?)"
+        return ""
 
     def _device(self) -> Any:
         import torch

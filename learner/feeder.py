@@ -105,6 +105,20 @@ class Feeder:
         self.fed_total += len(tasks)
         return len(tasks)
 
+    def refeed(self) -> int:
+        """Publish every in-flight task again, same ids (after Redis lost the run's state, the
+        tasks of a restored checkpoint exist nowhere else); returns how many."""
+        tasks, traces = [], []
+        for fed in self.inflight.values():
+            _, task, trace = self._make(fed.task_id, fed.index)
+            tasks.append((fed.task_id, encode_task(task)))
+            traces += trace
+        if traces:
+            self.rollouts.publish(traces)
+        if tasks:
+            self.prompts.publish(tasks)
+        return len(tasks)
+
     def _make(self, task_id: str, index: int) -> tuple[FedTask, Task, list]:
         ex = self.examples[index]
         ids = prompt_ids(self.tokenizer, ex.prompt, self.cfg.model.template)

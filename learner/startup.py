@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from common.config import LearnerConfig
-from common.shell import ServiceContext, StartupError
+from common.membership import list_members
+from common.shell import MustRestart, ServiceContext, StartupError
 from common.transport import stale_run_refusal
 from learner.data import BadRows, DataError, Example, load_examples
 from learner.objective import Objective
@@ -53,4 +54,25 @@ def refuse_to_start_over(ctx: ServiceContext, ckpt_root: str, checkpoints: list[
         raise RunExists(refusal)
 
 
-__all__ = ["RunExists", "load_training_data", "refuse_to_start_over"]
+def generator_versions(ctx: ServiceContext) -> int:
+    """The newest policy version a live generator reports (Redis may have lost its own)."""
+    records = list_members(ctx.redis, ctx.keys, "generator")
+    return max((int(r.get("policy_version") or 0) for r in records), default=0)
+
+
+def state_lost(why: str, newest_checkpoint: str | None) -> MustRestart:
+    """Redis lost the run's state: the learner stops so that its restart rebuilds it."""
+    then = f"checkpoint {newest_checkpoint}" if newest_checkpoint else "the start (no checkpoint)"
+    return MustRestart(
+        f"{why}. Restarting the learner (luffy up does; else luffy learner --resume) "
+        f"rebuilds it from {then}: what was in flight is fed again"
+    )
+
+
+__all__ = [
+    "RunExists",
+    "generator_versions",
+    "load_training_data",
+    "refuse_to_start_over",
+    "state_lost",
+]

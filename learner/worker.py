@@ -30,22 +30,30 @@ from common.shell.preflight import check_gpu_request, check_model_folder
 from common.transport import (
     STREAM_GROUPS,
     Delivery,
+    RunStateLost,
     StreamConsumer,
     StreamPublisher,
     stream_depths,
     trim_acked,
 )
+from common.transport.marker import RunMarker
 from common.transport.weight_sync import SyncBoard
 from learner.batch import GroupAssembler, TrainBatch, build_batch, trace_sample
 from learner.bookkeeping import Bookkeeping
 from learner.broadcast import WeightBroadcaster
-from learner.checkpoint import CheckpointFailed, list_checkpoints
+from learner.checkpoint import list_checkpoints
+from learner.checkpointing import Checkpointing
 from learner.collective import Ranks, follow
 from learner.data import DataError, load_examples, prompt_ids, trace_ids
 from learner.evaluation import EvalRounds
 from learner.feeder import Feeder
 from learner.objective import make_objective
-from learner.startup import load_training_data, refuse_to_start_over
+from learner.startup import (
+    generator_versions,
+    load_training_data,
+    refuse_to_start_over,
+    state_lost,
+)
 from learner.telemetry import LearnerTelemetry
 from learner.train import Trainer
 
@@ -57,7 +65,6 @@ LEARNER_CONSUMER = "learner"
 TRIM_EVERY_S = 2.0
 QUEUES_EVERY_S = 1.0
 NEWCOMERS_EVERY_S = 2.0  # how often an idle learner looks for generators outside the epoch
-MAX_CHECKPOINT_FAILURES = 3  # in a row, before the learner stops
 
 
 class LearnerWorker:
@@ -65,12 +72,10 @@ class LearnerWorker:
         self.ranks: Ranks | None = None
         self.version = 0
         self._checkpoint_requested = threading.Event()
-        self._checkpointed_step = 0
         self._final_eval_started = False
         self._next_queues = 0.0
         self._next_trim = 0.0
         self._next_newcomers = 0.0
-        self._checkpoint_failures = 0
 
     # ---------------------------------------------------------------- setup
 
@@ -86,9 +91,16 @@ class LearnerWorker:
         self.examples, self.bad_rows = load_training_data(self.lc, self.objective)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         self.ranks = Ranks(Trainer(cfg, self.objective))
+        self.checkpoints = Checkpointing(
+            self.ranks,
+            str(cfg.run.run_dir / "checkpoints"),
+            cfg.learner.keep_last,
+            cfg.learner.export_hf,
+        )
         self.rng = random.Random(cfg.run.seed)
         self.ckpt_root = str(cfg.run.run_dir / "checkpoints")
         self.board = SyncBoard(ctx.redis, ctx.keys)
+        self.marker = RunMarker(ctx.redis, ctx.keys)
         self.broadcaster = WeightBroadcaster(
             self.board, cfg.sync, heartbeat_s=cfg.redis.heartbeat_interval_s
         )
@@ -146,8 +158,11 @@ class LearnerWorker:
         )
 
     def _restore(self) -> None:
-        """Resume from the newest checkpoint if asked; versions never go backwards."""
-        current = self.board.policy_version()
+        """Resume from the newest checkpoint if asked; versions never go backwards (not even
+        when Redis lost the policy version: the generators' own versions count too)."""
+        fresh_state = self.marker.claim()
+        self.consumer.incarnation = self.marker.value
+        current = max(self.board.policy_version(), generator_versions(self.ctx))
         checkpoints = list_checkpoints(self.ckpt_root)
         if not self.lc.resume:
             refuse_to_start_over(self.ctx, self.ckpt_root, checkpoints)
@@ -156,8 +171,13 @@ class LearnerWorker:
             self.feeder.load_state(meta["feeder"])
             self.books.restore(meta, self.ranks.step)
             self.version = int(meta.get("version", 0))
-            self._checkpointed_step = self.ranks.step
+            self.checkpoints.step = self.ranks.step
             log.info("resumed from %s (step %d)", checkpoints[-1], self.ranks.step)
+            if fresh_state:  # Redis holds nothing of the run: its tasks exist only here now
+                refed = self.feeder.refeed()
+                log.warning(
+                    "Redis held no state of this run: fed its %d in-flight tasks again", refed
+                )
         elif self.lc.resume:
             log.warning("learner.resume is set but %s holds no checkpoint", self.ckpt_root)
         if self.lc.resume or current > self.version:
@@ -167,8 +187,7 @@ class LearnerWorker:
 
     def close(self) -> None:
         if self.ranks is not None:
-            failing = self._checkpoint_failures >= MAX_CHECKPOINT_FAILURES
-            if self.ranks.step > self._checkpointed_step and not failing:  # leave one to resume
+            if self.checkpoints.behind:  # leave a checkpoint to resume from
                 try:
                     self._checkpoint()
                 except FatalError as exc:
@@ -184,6 +203,15 @@ class LearnerWorker:
         return limit is not None and time.monotonic() - self.started > limit * 60
 
     def step(self) -> bool:
+        try:
+            lost = self.marker.lost()
+            if lost:
+                raise RunStateLost(lost)
+            return self._step()
+        except RunStateLost as exc:
+            raise state_lost(str(exc), self.checkpoints.newest()) from None
+
+    def _step(self) -> bool:
         if self._done():
             return self._finish()
         if self._checkpoint_requested.is_set():
@@ -325,41 +353,15 @@ class LearnerWorker:
 
     def _checkpoint(self) -> str | None:
         extra = {"version": self.version, "feeder": self.feeder.state(), **self.books.state()}
-        try:
-            path = self.ranks.save(self.ckpt_root, extra, self.lc.keep_last, self.lc.export_hf)
-        except CheckpointFailed as exc:
-            self._checkpoint_failed(exc)
-            return None
-        self._checkpoint_failures, self.telemetry.checkpoint_error = 0, ""
-        self._checkpointed_step = self.ranks.step
-        self.books.checkpointed(self.ranks.step)
-        self.books.ack(self._held_tasks())
-        log.info("checkpoint %s", path)
+        path = self.checkpoints.write(extra)
+        self.telemetry.checkpoint_error = self.checkpoints.error
+        if path is not None:
+            self.books.checkpointed(self.ranks.step)
+            try:
+                self.books.ack(self._held_tasks())
+            except RunStateLost:  # what there was to ack went with Redis's lost state
+                self.books.unacked.clear()
         return path
-
-    def _checkpoint_failed(self, exc: CheckpointFailed) -> None:
-        """Keep training on the last good checkpoint's guarantees: nothing since it is acked
-        (a restart trains it again); retry at the next checkpoint; stop after a few failures
-        in a row rather than train on for hours that a crash would lose."""
-        self._checkpoint_failures += 1
-        good = list_checkpoints(self.ckpt_root)
-        kept = f"the newest good checkpoint is {good[-1]}" if good else "no checkpoint yet"
-        what = (
-            f"checkpoint at step {self.ranks.step} failed ({exc}); {kept}; scored entries "
-            "since it stay unacked and a restart trains them again"
-        )
-        self.telemetry.checkpoint_error = what
-        if self._checkpoint_failures >= MAX_CHECKPOINT_FAILURES:
-            raise FatalError(
-                f"{what}. {self._checkpoint_failures} checkpoints in a row failed: free space in "
-                f"{self.ckpt_root} (or make it writable) and continue the run (luffy up resumes)"
-            )
-        log.error(
-            "%s; retrying at the next checkpoint (%d of %d in a row)",
-            what,
-            self._checkpoint_failures,
-            MAX_CHECKPOINT_FAILURES,
-        )
 
     # ---------------------------------------------------------------- REST
 

@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from common.schemas import STATUSES, Rollout, ScoredRollout, decode_rollout, encode_scored
 from common.shell import ServiceContext
-from common.transport import Delivery, Output, StreamConsumer, stream_depths
+from common.transport import Delivery, Output, RunStateLost, StreamConsumer, stream_depths
+from common.transport.marker import RunMarker
 from verifier.pool import ScoringPool
 from verifier.rewards import Verdict, make_reward, missing_think_tag, reward_for_source
 
@@ -49,7 +50,8 @@ class VerifierWorker:
     def __init__(self) -> None:
         self.ctx: ServiceContext | None = None
         self.pool: ScoringPool | None = None
-        self.inflight: dict[Future, tuple[Delivery[Rollout], float]] = {}
+        # future -> (delivery, submitted at, the run incarnation it was read under)
+        self.inflight: dict[Future, tuple[Delivery[Rollout], float, str]] = {}
         self.done: queue.SimpleQueue[Future] = queue.SimpleQueue()  # filled by pool callbacks
         self.lag = {"length": 0, "lag": 0, "pending": 0}
         self._next_lag = 0.0
@@ -68,6 +70,8 @@ class VerifierWorker:
         self.consumer = StreamConsumer(
             ctx.redis, ctx.keys, "rollouts", ctx.member_id, ctx.config.redis, decode=decode_rollout
         )
+        self.marker = RunMarker(ctx.redis, ctx.keys)
+        self.dropped_state_lost = 0  # verdicts dropped because Redis lost the run's state
         self._metrics(ctx)
         log.info(
             "verifier ready: reward=%s workers=%d limit=%.1fs",
@@ -120,7 +124,9 @@ class VerifierWorker:
     # ---------------------------------------------------------------- work loop
 
     def step(self) -> bool:
-        fetched = self._top_up()
+        lost = self.marker.lost()  # while Redis lost the run's state, read nothing new
+        self.consumer.incarnation = self.marker.value
+        fetched = 0 if lost else self._top_up()
         if not self.inflight:
             return fetched > 0
         try:
@@ -150,7 +156,7 @@ class VerifierWorker:
         for delivery in batch:
             rollout = delivery.value
             future = self._submit(rollout.text, rollout.gold, reward=self._reward_for(rollout))
-            self.inflight[future] = (delivery, now)
+            self.inflight[future] = (delivery, now, self.consumer.incarnation)
             future.add_done_callback(self.done.put)
         return len(batch)
 
@@ -171,10 +177,22 @@ class VerifierWorker:
         return self.pool.submit(name, answer, gold, think)
 
     def _commit(self, done: list[Future]) -> None:
+        """Commit finished verdicts, each under the run state it was read in."""
+        by_state: dict[str, list[Future]] = {}
+        for future in done:
+            by_state.setdefault(self.inflight[future][2], []).append(future)
+        for incarnation, futures in by_state.items():
+            try:
+                self._commit_verdicts(futures, incarnation)
+            except RunStateLost as exc:  # read before Redis lost the run's state: drop them
+                self.dropped_state_lost += len(futures)
+                log.warning("dropping %d verdicts: %s", len(futures), exc)
+
+    def _commit_verdicts(self, done: list[Future], incarnation: str) -> None:
         batch, statuses = [], []
         now = time.monotonic()
         for future in done:
-            delivery, started = self.inflight.pop(future)
+            delivery, started, _ = self.inflight.pop(future)
             verdict: Verdict = future.result()
             elapsed = now - started
             scored = ScoredRollout(
@@ -188,7 +206,7 @@ class VerifierWorker:
             batch.append((delivery, [Output("scored", delivery.key, encode_scored(scored))]))
             statuses.append(verdict.status)
             self.latency.observe(elapsed)
-        written = self.consumer.commit(batch)
+        written = self.consumer.commit(batch, incarnation=incarnation)
         for status, new in zip(statuses, written, strict=True):
             if new:  # a duplicate was acked but not scored again: not counted twice
                 self.scored.labels(status).inc()
@@ -216,13 +234,15 @@ class VerifierWorker:
                 "reclaimed": stats.reclaimed,
                 "timeouts": pool.timeouts,
                 "worker_restarts": pool.restarts,
+                "dropped_state_lost": self.dropped_state_lost,
             },
         }
 
     def not_ready(self) -> list[str]:
         if self.pool is None or self.pool.alive_workers() == 0:
             return ["no scoring worker alive"]
-        return []
+        lost = self.marker.reason
+        return [f"{lost}; waiting for the learner to rebuild it"] if lost else []
 
     def controls(self) -> dict:
         return {}

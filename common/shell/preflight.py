@@ -16,11 +16,21 @@ from pathlib import Path
 from common.transport import Resilient
 
 EXIT_BAD_SETUP = 2
+EXIT_RESTART = 3  # stopped on purpose so that a restart (luffy up does it) rebuilds the state
 
 
 class FatalError(RuntimeError):
     """The service cannot go on, for a reason its message states in one line (logged without a
     traceback; exit ``EXIT_BAD_SETUP``; ``luffy up`` stops the stack instead of restarting)."""
+
+    exit_code = EXIT_BAD_SETUP
+
+
+class MustRestart(FatalError):
+    """The service stops so that its restart recovers (exit ``EXIT_RESTART``; ``luffy up``
+    restarts it like any crash, the learner from its checkpoint)."""
+
+    exit_code = EXIT_RESTART
 
 
 class StartupError(FatalError):
@@ -73,7 +83,9 @@ def check_gpu_request(sync_backend: str) -> None:
 
 __all__ = [
     "EXIT_BAD_SETUP",
+    "EXIT_RESTART",
     "FatalError",
+    "MustRestart",
     "StartupError",
     "check_gpu_request",
     "check_model_folder",

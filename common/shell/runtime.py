@@ -28,7 +28,7 @@ from common.membership import Heartbeat
 from common.metrics import Metrics
 from common.net import bind_socket
 from common.shell.app import create_app
-from common.shell.preflight import EXIT_BAD_SETUP, FatalError, StartupError, wait_for_redis
+from common.shell.preflight import FatalError, StartupError, wait_for_redis
 from common.transport import Keys, Resilient, Stopped
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ class ServiceRuntime:
             self._loop_error = str(exc)
             what = "cannot start" if isinstance(exc, StartupError) else "stops"
             log.error("%s %s: %s", self.role, what, exc)
-            rc = EXIT_BAD_SETUP
+            rc = exc.exit_code
         except Exception as exc:
             self._loop_error = f"{type(exc).__name__}: {exc}"
             log.exception("%s work loop failed", self.role)

@@ -15,7 +15,13 @@ its own name (it is the other transport, and it loads torch lazily).
 
 from common.transport.admin import delete_run_keys, stale_run_refusal, stream_depths, trim_acked
 from common.transport.client import TRANSIENT_ERRORS, Resilient, Stopped, connect, ensure_group
-from common.transport.consume import ConsumerStats, Delivery, Output, StreamConsumer
+from common.transport.consume import (
+    ConsumerStats,
+    Delivery,
+    Output,
+    RunStateLost,
+    StreamConsumer,
+)
 from common.transport.keys import STREAM_GROUPS, Keys
 from common.transport.publish import Publisher, StreamPublisher
 
@@ -28,6 +34,7 @@ __all__ = [
     "Output",
     "Publisher",
     "Resilient",
+    "RunStateLost",
     "Stopped",
     "StreamConsumer",
     "StreamPublisher",

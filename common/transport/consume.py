@@ -28,6 +28,12 @@ from common.transport.keys import STREAM_GROUPS, Keys
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _ERROR_TTL_S = 24 * 3600
+
+
+class RunStateLost(RuntimeError):
+    """The run's state in Redis is gone (its incarnation marker vanished or changed)."""
+
+
 _COMMIT_CHUNK = 500
 _FORGET_EVERY_MS = 10_000
 
@@ -98,6 +104,9 @@ class StreamConsumer(Generic[T]):
         self._commit = redis_.client.register_script(scripts.COMMIT)
         self._read_flat = redis_.client.register_script(scripts.READ_FLAT)
         self._large = False  # recent entries too large for the flat Lua read
+        # the run incarnation this consumer works for ('' until one is known): a commit for
+        # another one is refused atomically (see scripts/commit.lua)
+        self.incarnation = ""
         self._next_forget_ms = 0
         self.redis.call(ensure_group, redis_.client, self.stream, self.group)
 
@@ -272,20 +281,28 @@ class StreamConsumer(Generic[T]):
 
     # ---------------------------------------------------------------- writing
 
-    def commit(self, batch: Sequence[tuple[Delivery[T], Sequence[Output]]]) -> list[bool]:
+    def commit(
+        self,
+        batch: Sequence[tuple[Delivery[T], Sequence[Output]]],
+        incarnation: str | None = None,
+    ) -> list[bool]:
         """Atomically append outputs, ack inputs and remember their ids.
 
         Returns, per input, True if its outputs were written, False if its id had already been
-        processed (then only the ack happens).
+        processed (then only the ack happens). ``incarnation``: the run state the inputs were
+        read under (default: the consumer's); raises ``RunStateLost`` when Redis holds another.
         """
         written: list[bool] = []
+        inc = self.incarnation if incarnation is None else incarnation
         for start in range(0, len(batch), _COMMIT_CHUNK):  # bounds Lua's unpack() stack
-            written += self._commit_chunk(batch[start : start + _COMMIT_CHUNK])
+            written += self._commit_chunk(batch[start : start + _COMMIT_CHUNK], inc)
         self.stats.committed += sum(written)
         self.stats.duplicates += len(written) - sum(written)
         return written
 
-    def _commit_chunk(self, batch: Sequence[tuple[Delivery[T], Sequence[Output]]]) -> list[bool]:
+    def _commit_chunk(
+        self, batch: Sequence[tuple[Delivery[T], Sequence[Output]]], incarnation: str
+    ) -> list[bool]:
         if not batch:
             return []
         streams: list[str] = []
@@ -308,9 +325,19 @@ class StreamConsumer(Generic[T]):
             "".join(f"{d.entry_id}\n" for d, _ in batch),
             "".join(f"{d.key}\n" for d, _ in batch),
             "".join(f"{len(outs)}\n" for _, outs in batch),
+            incarnation,
         ]
-        keys = [self.stream, self._done, *streams]
-        result = self.redis.call(self._commit, keys=keys, args=args + outputs)
+        keys = [self.stream, self._done, self.keys.incarnation, *streams]
+        try:
+            result = self.redis.call(self._commit, keys=keys, args=args + outputs)
+        except redis.ResponseError as exc:
+            if "LUFFY_RUN_LOST" not in str(exc):
+                raise
+            raise RunStateLost(
+                f"Redis lost the run's state: its marker {self.keys.incarnation} is no longer "
+                f"{incarnation!r} (Redis restarted without persistence, or was flushed); "
+                f"{len(batch)} entries read before were not committed"
+            ) from None
         return [flag == 49 for flag in result]  # b"1"
 
     def fail(self, delivery: Delivery[T], error: str) -> None:
@@ -359,4 +386,4 @@ class StreamConsumer(Generic[T]):
         self.redis.call(move)
 
 
-__all__ = ["ConsumerStats", "Delivery", "Output", "StreamConsumer"]
+__all__ = ["ConsumerStats", "Delivery", "Output", "RunStateLost", "StreamConsumer"]

@@ -43,6 +43,12 @@ class Keys:
         return f"{self.prefix}policy_version"
 
     @property
+    def incarnation(self) -> str:
+        """The run marker: a random id the learner sets when the run's state is created; gone
+        or different means Redis lost that state (restarted without persistence, flushed)."""
+        return f"{self.prefix}incarnation"
+
+    @property
     def sync(self) -> str:
         return f"{self.prefix}sync"
 

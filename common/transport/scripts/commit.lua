@@ -1,7 +1,10 @@
 -- Atomically append outputs, ack inputs and remember their ids (exactly-once effect by id).
--- KEYS: input stream, done zset, output streams...
+-- KEYS: input stream, done zset, the run's incarnation marker, output streams...
 -- ARGV: group, now_ms, forget_before_ms, entry ids, keys, output counts (each "\n"-joined,
---       one per input), then (stream index, key, payload) per output in input order.
+--       one per input), the incarnation the caller works for ('' = none yet), then
+--       (stream index, key, payload) per output in input order.
+-- Refuses (error LUFFY_RUN_LOST) when the run's marker is not the caller's: Redis lost the
+-- run's state since the entries were read, and their outputs belong to no run now.
 -- Joined lists and batched commands (one ZMSCORE / ZADD / XACK per call) keep both the
 -- client's packing and the server's time per entry small. Returns one '1'/'0' per input.
 local function split(text)
@@ -9,12 +12,15 @@ local function split(text)
   for item in string.gmatch(text, '([^\n]*)\n') do out[#out + 1] = item end
   return out
 end
+if ARGV[7] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[7] then
+  return redis.error_reply('LUFFY_RUN_LOST the run marker is not ' .. ARGV[7])
+end
 local group, now = ARGV[1], ARGV[2]
 local ids, keys, counts = split(ARGV[4]), split(ARGV[5]), split(ARGV[6])
 local n = #ids
 local scores = redis.call('ZMSCORE', KEYS[2], unpack(keys))
 local result, fresh = {}, {}
-local i = 7
+local i = 8
 for j = 1, n do
   local c = tonumber(counts[j])
   if scores[j] and keys[j] ~= '' then
@@ -22,7 +28,7 @@ for j = 1, n do
     i = i + 3 * c
   else
     for _ = 1, c do
-      redis.call('XADD', KEYS[2 + tonumber(ARGV[i])], '*', 'k', ARGV[i + 1], 'd', ARGV[i + 2])
+      redis.call('XADD', KEYS[3 + tonumber(ARGV[i])], '*', 'k', ARGV[i + 1], 'd', ARGV[i + 2])
       i = i + 3
     end
     result[j] = '1'
