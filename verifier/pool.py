@@ -44,6 +44,8 @@ def _worker_main(conn: Connection) -> None:
         reward, response, gold, think_tags = msg
         try:
             verdict = make_reward(reward)(response, gold, think_tags)
+            if not isinstance(verdict, Verdict):
+                raise TypeError(f"reward {reward!r} returned {type(verdict).__name__}, not Verdict")
         except BaseException as exc:  # a reward fn must never take the worker down silently
             verdict = Verdict(0.0, "error", "", f"{type(exc).__name__}: {str(exc)[:200]}")
         conn.send((verdict.reward, verdict.status, verdict.extracted, verdict.detail))

@@ -139,10 +139,21 @@ def reward_for_source(data_source: str, default: str = "math") -> str:
 
 
 def make_reward(name: str) -> RewardFn:
-    try:
+    """A built-in reward by name, or a function by import path ``package.module:function``."""
+    if name in REWARDS:
         return REWARDS[name]
-    except KeyError:
-        raise ValueError(f"unknown reward function {name!r}; known: {sorted(REWARDS)}") from None
+    module, sep, attr = name.partition(":")
+    if not sep:
+        raise ValueError(
+            f"unknown reward function {name!r}; known: {sorted(REWARDS)} (or give an import "
+            "path package.module:function)"
+        )
+    import importlib
+
+    fn = getattr(importlib.import_module(module), attr, None)
+    if not callable(fn):
+        raise ValueError(f"reward {name!r}: {module} has no function {attr!r}")
+    return fn
 
 
 __all__ = [

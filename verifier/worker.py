@@ -26,7 +26,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from common.schemas import STATUSES, Rollout, ScoredRollout, decode_rollout, encode_scored
-from common.shell import ServiceContext
+from common.shell import ServiceContext, StartupError
 from common.transport import Delivery, Output, RunStateLost, StreamConsumer, stream_depths
 from common.transport.marker import RunMarker
 from verifier.pool import ScoringPool
@@ -62,7 +62,10 @@ class VerifierWorker:
         self.ctx = ctx
         cfg = ctx.config.verifier
         if cfg.reward != "auto":
-            make_reward(cfg.reward)  # fail fast on an unknown name
+            try:
+                make_reward(cfg.reward)  # fail fast on an unknown name or import path
+            except (ValueError, ImportError) as exc:
+                raise StartupError(f"verifier.reward: {exc}") from None
         self.reward, self.think_tags = cfg.reward, ctx.config.model.think_tags
         self.max_chars = cfg.max_answer_chars
         self.capacity = cfg.workers * 8

@@ -131,10 +131,12 @@ class VerifierConfig(_Section):
     """Verifier id (default: ``ver-<host>-<pid>``)."""
     replicas: int = Field(default=1, ge=1)
     """Verifiers started by ``luffy up``."""
-    reward: Literal["math", "exact", "choice", "auto"] = "math"
+    reward: str = Field(default="math", pattern=r"^(math|exact|choice|auto|[A-Za-z_][\w.]*:\w+)$")
     """Reward function: ``math`` (math-verify, LUFFY's rules), ``choice`` (multiple-choice
-    letter), ``exact`` (string match), or ``auto`` (``choice`` for ARC/GPQA/MMLU data sources,
-    else ``math``)."""
+    letter), ``exact`` (string match), ``auto`` (``choice`` for ARC/GPQA/MMLU data sources, else
+    ``math``), or an import path ``package.module:function`` taking (response, gold,
+    think_tags) and returning a ``verifier.rewards.Verdict``, run in the scoring workers under
+    the same time limit."""
     workers: int = Field(default=2, ge=1)
     """Scoring processes per verifier (math-verify runs in their main thread)."""
     timeout_s: float = Field(default=5.0, gt=0)

@@ -62,3 +62,20 @@ def test_missing_think_tag_is_decided_without_a_reward_function():
     assert verdict is not None and (verdict.reward, verdict.status) == (0.0, "no_think_tag")
     assert missing_think_tag("<think> hmm </think> 4", True) is None
     assert missing_think_tag("the answer is 4", False) is None
+
+
+def test_a_reward_by_import_path_and_clear_errors_for_bad_ones():
+    import pytest
+
+    from common.config import VerifierConfig
+    from tests.integration.slow_reward import score
+    from verifier.rewards import make_reward
+
+    assert make_reward("tests.integration.slow_reward:score") is score
+    with pytest.raises(ValueError, match="has no function 'nothing'"):
+        make_reward("tests.integration.slow_reward:nothing")
+    with pytest.raises(ValueError, match=r"or give an import path package\.module:function"):
+        make_reward("mathh")
+    with pytest.raises(ValueError, match="String should match pattern"):
+        VerifierConfig(reward="not a path")
+    assert VerifierConfig(reward="pkg.mod:fn").reward == "pkg.mod:fn"
