@@ -31,7 +31,9 @@ def group_advantages(
     rewards [S] float, group_ids [S] long (0..G-1), baseline_mask [S] bool (which samples form
     the baseline: all for LUFFY's ``grpo``, on-policy only for ``grpo_split``) -> [S].
     With ``std_normalize`` the difference is divided by (unbiased std of the baseline set + eps);
-    a baseline of fewer than two samples uses std 1. A group with no baseline sample gets 0.
+    a baseline of fewer than two samples, or whose rewards all tie (std 0), uses std 1 as LUFFY
+    does (else a trace beside tied on-policy rewards under ``grpo_split`` would get (r - mean) /
+    eps = 1e6). A group with no baseline sample gets 0.
     """
     rewards = rewards.to(torch.float64)
     groups = int(group_ids.max().item()) + 1 if group_ids.numel() else 0
@@ -45,6 +47,7 @@ def group_advantages(
             0, group_ids, (rewards - mean[group_ids]) ** 2 * weight
         )
         std = torch.where(count > 1, (sq / (count - 1).clamp(min=1)).sqrt(), torch.ones_like(sq))
+        std = torch.where(std == 0, torch.ones_like(std), std)
         adv = adv / (std[group_ids] + eps)
     adv = torch.where(count[group_ids] > 0, adv, torch.zeros_like(adv))
     return adv.to(torch.float32)

@@ -64,9 +64,10 @@ class Objective:
     on_policy: OnPolicyTerm | None
     off_policy: OffPolicyTerm | None
     sft: SftTerm | None
-    aggregation: str  # token_sum_norm | token_mean
+    aggregation: str  # token_sum_norm | token_mean | luffy
     max_response_len: int
     entropy_coef: float
+    luffy_ranks: int = 8
 
     @property
     def generates(self) -> bool:
@@ -79,7 +80,9 @@ class Objective:
         return self.off_policy is not None or self.sft is not None
 
     def denominator(self, n_sequences: int, n_tokens: int) -> float:
-        """The constant a batch's summed token loss is divided by."""
+        """The constant a batch's summed policy token loss is divided by."""
+        if self.aggregation == "luffy":
+            return float(self.luffy_ranks * self.max_response_len)
         return loss_denominator(self.aggregation, n_sequences, n_tokens, self.max_response_len)
 
 
@@ -105,6 +108,7 @@ def make_objective(algo: AlgorithmConfig) -> Objective:
         aggregation=algo.loss_agg,
         max_response_len=algo.max_response_len,
         entropy_coef=algo.entropy_coef,
+        luffy_ranks=algo.luffy_ranks,
     )
 
 
@@ -142,11 +146,46 @@ def token_losses(
     return parts
 
 
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def micro_batch_loss(
+    objective: Objective,
+    parts: dict[str, torch.Tensor],
+    entropy: torch.Tensor,
+    off_policy: torch.Tensor,
+    batch_denominator: float,
+    batch_tokens: int,
+) -> torch.Tensor:
+    """One micro-batch's share of the step's loss: summed over every micro-batch of every
+    rank it is the loss of the step. ``parts`` from ``token_losses``, ``entropy`` and
+    ``off_policy`` [T_micro]; ``batch_denominator`` = ``denominator`` of the whole batch,
+    ``batch_tokens`` its response tokens.
+
+    Ours: sum(on + off + sft) / batch_denominator - coef * sum(H) / batch_tokens.
+    ``luffy`` (verl's per-micro-batch loss, accumulated, FSDP-averaged over R ranks):
+    [sum(on + off) / max_response_len + mean_off(sft) - coef * mean(H)] / R.
+    """
+    policy = parts["on"].sum() + parts["off"].sum()
+    if objective.aggregation != "luffy":
+        total = policy + parts["sft"].sum()
+        return total / batch_denominator - objective.entropy_coef * entropy.sum() / batch_tokens
+    ones = torch.ones_like(entropy)
+    loss = (
+        policy / objective.max_response_len
+        + _masked_mean(parts["sft"], off_policy)
+        - objective.entropy_coef * _masked_mean(entropy, ones)
+    )
+    return loss / objective.luffy_ranks
+
+
 __all__ = [
     "Objective",
     "OffPolicyTerm",
     "OnPolicyTerm",
     "SftTerm",
     "make_objective",
+    "micro_batch_loss",
     "token_losses",
 ]

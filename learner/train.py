@@ -32,7 +32,7 @@ from learner.microbatch import (
     plan_shared_microbatches,
     prompt_key,
 )
-from learner.objective import Objective, token_losses
+from learner.objective import Objective, micro_batch_loss, token_losses
 from learner.policy import build_model
 
 log = logging.getLogger(__name__)
@@ -125,15 +125,14 @@ class Trainer:
         plan = self._plan(samples)[self.rank]
         n_tokens = sum(s.response_len for s in samples)
         denom = self.objective.denominator(len(samples), n_tokens)
-        totals = torch.zeros(5, dtype=torch.float64)  # on, off, sft, entropy sum, tokens
+        totals = torch.zeros(6, dtype=torch.float64)  # on, off, sft, entropy sum, tokens, loss
         self.model.train()
         for micro in plan:
             totals += self._micro_step([samples[i] for i in micro], denom, max(1, n_tokens))
         dist.all_reduce(totals, group=self.control)
         grad_norm = self._grad_norm()
-        loss_sum = float(totals[:3].sum()) / denom
+        loss = float(totals[5])
         entropy = float(totals[3]) / max(1.0, float(totals[4]))
-        loss = loss_sum - self.objective.entropy_coef * entropy
         skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
         if skipped:
             self.skipped += 1
@@ -174,9 +173,8 @@ class Trainer:
         )
         logp, entropy = self.model(batch)
         parts = token_losses(self.objective, logp, batch["behav"], batch["adv"], batch["off"])
-        total = parts["on"].sum() + parts["off"].sum() + parts["sft"].sum()
-        # FSDP averages gradients over ranks: scale so the sum over ranks is the batch loss
-        loss = total / denom - self.objective.entropy_coef * entropy.sum() / n_tokens
+        loss = micro_batch_loss(self.objective, parts, entropy, batch["off"], denom, n_tokens)
+        # FSDP averages gradients over ranks: scale so the sum over ranks is the step's loss
         (loss * self.world).backward()
         with torch.no_grad():
             return torch.tensor(
@@ -186,6 +184,7 @@ class Trainer:
                     float(parts["sft"].sum()),
                     float(entropy.sum()),
                     float(logp.numel()),
+                    float(loss),
                 ],
                 dtype=torch.float64,
             )

@@ -1,7 +1,8 @@
 """Reward functions: pure ``(response, gold, think_tags) -> Verdict``, chosen by name.
 
 ``math`` is LUFFY's rule: with think templates the response must contain ``</think>`` and the
-answer is the text after it; reward 1 iff ``verify(parse("$" + gold + "$"), parse(answer))``.
+answer is the text after the first one (up to a second); reward 1 iff
+``verify(parse("$" + gold + "$"), parse(answer))``.
 Every outcome has a status (``ok``, ``wrong``, ``unparsable``, ``no_think_tag``, ``error``;
 the pool adds ``timeout``) so a failure is never silently a plain 0.
 
@@ -33,12 +34,14 @@ class RewardFn(Protocol):
 
 
 def answer_part(response: str, think_tags: bool) -> str | None:
-    """The text that is judged: after the last ``</think>`` (None if the tag is required and
-    missing)."""
+    """The text that is judged (LUFFY's rule): the part between the *first* ``</think>`` and
+    the next one, i.e. ``response.split("</think>")[1]`` (None if the tag is required and
+    missing). A response that closes its thinking twice is judged on what follows the first
+    close, not on a later answer."""
     if not think_tags:
         return response
-    _, sep, tail = response.rpartition(THINK_CLOSE)
-    return tail if sep else None
+    parts = response.split(THINK_CLOSE)
+    return parts[1] if len(parts) > 1 else None
 
 
 def missing_think_tag(response: str, think_tags: bool) -> Verdict | None:
@@ -61,6 +64,9 @@ def _quiet_math_verify() -> None:
 
 
 def math_reward(response: str, gold: str, think_tags: bool = True) -> Verdict:
+    """LUFFY's rule: 1 iff ``verify(parse("$" + gold + "$"), parse(answer))`` with
+    math-verify's default extraction. A gold that math-verify turns into nothing scores 0 like
+    a wrong answer (its detail says so); ``error`` is only what math-verify raises on."""
     from math_verify import parse, verify
 
     _quiet_math_verify()
@@ -69,8 +75,6 @@ def math_reward(response: str, gold: str, think_tags: bool = True) -> Verdict:
     answer = answer_part(response, think_tags)
     try:
         gold_parsed = parse("$" + gold + "$", parsing_timeout=None, raise_on_error=True)
-        if all(isinstance(g, str) for g in gold_parsed):  # only the raw-string fallback
-            return Verdict(0.0, "error", "", f"gold answer {gold[:80]!r} does not parse")
         predicted = parse(answer, parsing_timeout=None, raise_on_error=True)
         if not predicted:
             return Verdict(0.0, "unparsable", "", "no answer found in the response")
@@ -78,7 +82,12 @@ def math_reward(response: str, gold: str, think_tags: bool = True) -> Verdict:
     except Exception as exc:  # sympy/antlr raise many types on hostile input
         return Verdict(0.0, "error", "", f"{type(exc).__name__}: {str(exc)[:200]}")
     extracted = str(predicted[-1])[:500]
-    return Verdict(1.0 if correct else 0.0, "ok" if correct else "wrong", extracted)
+    detail = ""
+    if not gold_parsed:
+        detail = f"gold answer {gold[:80]!r} parses to nothing"
+    elif all(isinstance(g, str) for g in gold_parsed):
+        detail = f"gold answer {gold[:80]!r} compared as text (math-verify found no math in it)"
+    return Verdict(1.0 if correct else 0.0, "ok" if correct else "wrong", extracted, detail)
 
 
 def _strip_boxed(text: str) -> str:

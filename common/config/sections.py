@@ -232,19 +232,36 @@ class AlgorithmConfig(_Section):
     eps: float = Field(default=1e-6, gt=0)
     """Epsilon of the std division."""
     clip: bool = False
-    """PPO-clip the on-policy ratio."""
+    """PPO-clip the on-policy ratio pi / pi_behav at 1 +- ``clip_eps`` (LUFFY's on-policy
+    baseline). Needs ``decoupled = false``: the decoupled ratio is against the learner's own
+    pre-update policy, which is 1 in value in our one update per batch, so a clip there could
+    never bind (the staleness is handled by the truncated importance weight instead); the
+    combination is refused rather than silently ignored."""
     clip_eps: float = Field(default=0.2, gt=0)
-    """PPO clip range."""
+    """PPO clip range (LUFFY's ``clip_ratio``: 0.2)."""
     shaping: bool = True
     """Policy shaping f(p) = p / (p + gamma) on off-policy tokens (else -A * p)."""
     gamma: float = Field(default=0.1, gt=0)
     """Policy-shaping gamma."""
-    loss_agg: Literal["token_sum_norm", "token_mean"] = "token_sum_norm"
-    """Token-sum divided by ``max_response_len`` (Dr.GRPO) or token mean."""
+    loss_agg: Literal["token_sum_norm", "token_mean", "luffy"] = "token_sum_norm"
+    """How token losses make the step's loss. ``token_sum_norm``: the batch's token sum over
+    (sequences x ``max_response_len``) (Dr.GRPO); ``token_mean``: over its token count; both
+    with the entropy bonus as the batch's token mean. ``luffy``: LUFFY's released recipe, the
+    same update as its 8-GPU run: every micro-batch's loss is its policy token sum /
+    ``max_response_len`` plus the SFT term's and minus the entropy bonus's token means in that
+    micro-batch, summed over micro-batches and ranks and divided by ``luffy_ranks`` (verl's
+    ``loss_remove_token_mean`` with gradient accumulation, averaged by FSDP). Its policy
+    gradient is (sequences / ``luffy_ranks``) times ``token_sum_norm``'s (64x at 512
+    sequences), and the entropy bonus grows with the number of micro-batches."""
+    luffy_ranks: int = Field(default=8, ge=1)
+    """``loss_agg = luffy``: the data-parallel ranks of the reproduced run (LUFFY: 8 GPUs),
+    whatever ``learner.nproc`` is; keep ``learner.micro_batch_tokens`` at LUFFY's
+    ``ppo_max_token_len_per_gpu`` (32768) for the same micro-batches per rank."""
     max_response_len: int = Field(default=256, ge=1)
-    """Constant divisor of ``token_sum_norm``."""
+    """Constant divisor of ``token_sum_norm`` and ``luffy`` (LUFFY: the padded response length
+    8192)."""
     entropy_coef: float = Field(default=0.001, ge=0)
-    """Entropy bonus coefficient."""
+    """Entropy bonus coefficient (LUFFY: 0.001)."""
     sft_coef: float = Field(default=1.0, ge=0)
     """Weight of the NLL loss on traces in ``rl_sft`` mode."""
     max_off_policy_steps: int = Field(default=1, ge=0)
@@ -264,6 +281,16 @@ class AlgorithmConfig(_Section):
     """Use a random trace prefix with a length ratio in (min, max) instead of the whole trace."""
     target_prob: float = Field(default=1.0, ge=0, le=1)
     """Probability that a group includes its off-policy trace(s)."""
+
+    @model_validator(mode="after")
+    def _clip_acts(self) -> AlgorithmConfig:
+        if self.clip and self.decoupled:
+            raise ValueError(
+                "algorithm.clip has no effect with algorithm.decoupled = true (the ratio "
+                "against the pre-update policy is 1 in a single update per batch); set "
+                "decoupled = false to clip pi / pi_behav as LUFFY's on-policy baseline does"
+            )
+        return self
 
     @model_validator(mode="after")
     def _lags_in_order(self) -> AlgorithmConfig:

@@ -58,6 +58,17 @@ def test_std_normalisation():
     close(group_advantages(T([1.0]), T([0]), T([True]), std_normalize=True), [0.0])
 
 
+def test_std_of_tied_rewards_is_taken_as_one_as_luffy_does():
+    # grpo_split: on-policy rewards 0,0,0 tie -> std 0 -> 1 (LUFFY); the trace's advantage is
+    # (1 - 0) / (1 + 1e-6) = 0.999999, not (1 - 0) / 1e-6 = 1e6
+    rewards, groups = T([0.0, 0, 0, 1]), T([0, 0, 0, 0])
+    on = T([True, True, True, False])
+    adv = group_advantages(rewards, groups, on, std_normalize=True)
+    close(adv, [0, 0, 0, 0.999999])
+    # the whole group as baseline: 1,1,1,1 tie -> every advantage 0
+    close(group_advantages(T([1.0] * 4), groups, torch.ones(4, dtype=torch.bool), True), [0] * 4)
+
+
 def test_group_without_baseline_samples_gets_zero_advantage():
     close(group_advantages(T([1.0, 0.0]), T([0, 1]), T([False, True])), [0.0, 0.0])
 
@@ -133,7 +144,9 @@ def test_token_losses_per_mode():
 
 
 def test_each_mode_builds_its_own_terms_by_keyword():
-    algo = AlgorithmConfig(gamma=0.3, clip_eps=0.15, clip=True, sft_coef=0.25, is_cap=3.0)
+    algo = AlgorithmConfig(
+        gamma=0.3, clip_eps=0.15, clip=True, decoupled=False, sft_coef=0.25, is_cap=3.0
+    )
     luffy = make_objective(algo)
     assert luffy.off_policy.gamma == 0.3 and luffy.on_policy.clip_eps == 0.15
     assert luffy.on_policy.is_cap == 3.0 and luffy.sft is None

@@ -11,7 +11,6 @@ def test_the_case_table_is_big_enough_and_covers_every_status():
         "wrong",
         "unparsable",
         "no_think_tag",
-        "error",
     }
 
 
@@ -29,12 +28,13 @@ def test_each_status_carries_its_reason():
     assert (wrong.status, wrong.extracted) == ("wrong", "3")
     assert math_reward("\\boxed{4}", "4").detail == "response has no </think>"
     assert math_reward("<think></think> no idea", "4").detail == "no answer found in the response"
-    assert "does not parse" in math_reward("<think></think> \\boxed{4}", "\\frac{").detail
+    assert "parses to nothing" in math_reward("<think></think> \\boxed{4}", "").detail
+    assert "compared as text" in math_reward("<think></think> \\boxed{4}", "\\frac{").detail
 
 
 def test_without_think_tags_the_whole_response_is_judged():
     assert math_reward("\\boxed{4}", "4", think_tags=False).status == "ok"
-    assert answer_part("a </think> b </think> c", True) == " c"
+    assert answer_part("a </think> b </think> c", True) == " b "
     assert answer_part("abc", True) is None
     assert answer_part("abc", False) == "abc"
 

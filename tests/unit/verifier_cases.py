@@ -81,8 +81,10 @@ CASES = [
     ("<think> \\boxed{42} and no closing tag", "42", "no_think_tag"),
     ("<think>guess \\boxed{1}</think> \\boxed{42}", "42", "ok"),  # only the part after the tag
     ("<think>the answer is \\boxed{42}</think> I give up.", "42", "unparsable"),
-    ("<think>a</think> b </think> \\boxed{42}", "42", "ok"),  # after the last closing tag
-    # bad gold is a data error, never a silent 0
-    (T + "\\boxed{1}", "\\frac{", "error"),
-    (T + "\\boxed{1}", "", "error"),
+    # LUFFY judges what follows the first closing tag, up to a second one
+    ("<think>a</think> b </think> \\boxed{42}", "42", "unparsable"),
+    ("<think>a</think> \\boxed{42} </think> \\boxed{7}", "42", "ok"),
+    # a gold math-verify takes only as text is compared as text, as LUFFY does (never an error)
+    (T + "\\boxed{1}", "\\frac{", "wrong"),
+    (T + "\\boxed{1}", "", "wrong"),
 ]
