@@ -40,7 +40,7 @@ def batches(model_dir: Path, count: int):
     from transformers import AutoTokenizer
 
     from learner.batch import Sample, TrainBatch
-    from learner.data import prompt_ids
+    from learner.prompts import prompt_ids
     from services.demo.tiny_task import make_problem
 
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -37,7 +37,7 @@ N, MAX_TOKENS = 8, 40
 def prompts(model_dir: Path, count: int) -> list[list[int]]:
     from transformers import AutoTokenizer
 
-    from learner.data import prompt_ids
+    from learner.prompts import prompt_ids
     from services.demo.tiny_task import make_problem
 
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -1,5 +1,5 @@
 """Training data: our row format, loading with a bad-row report, conversion from LUFFY's and
-OpenR1's releases (``luffy prepare``), and prompt/trace tokenisation.
+OpenR1's releases (``luffy prepare``). Tokens are ``learner.prompts``.
 
 Our row: ``prompt`` (text, or a chat list of {role, content}), ``answer`` (the gold answer),
 ``target`` (the off-policy reasoning trace, optional), ``data_source`` (optional), ``id``
@@ -18,14 +18,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 MAX_EXAMPLES_SHOWN = 5
-SYSTEM_PROMPTS = {
-    "qwen": "Please reason step by step, and put your final answer within \\boxed{}.",
-    "prime": (
-        "When tackling complex reasoning tasks, you have access to the following actions. "
-        "Use them as needed to progress through your thought process. After reasoning, "
-        "present the final answer within \\boxed{}."
-    ),
-}
 
 
 class DataError(ValueError):
@@ -278,8 +270,19 @@ def detect_format(row: dict) -> str:
     return "ours"
 
 
-def prepare(src: str | Path, dst: str | Path, fmt: str = "auto") -> tuple[int, BadRows]:
-    """Convert ``src`` (LUFFY / OpenR1 / ours) into our format at ``dst``."""
+PromptLength = Callable[[Example], int]
+
+
+def prepare(
+    src: str | Path,
+    dst: str | Path,
+    fmt: str = "auto",
+    max_prompt_tokens: int | None = None,
+    prompt_length: PromptLength | None = None,
+) -> tuple[int, BadRows]:
+    """Convert ``src`` (LUFFY / OpenR1 / ours) into our format at ``dst``. With
+    ``max_prompt_tokens`` a row whose templated prompt is longer (``prompt_length``) is left
+    out and counted, as LUFFY's data loader filters prompts over ``max_prompt_length``."""
     bad = BadRows()
     records = read_records(src, bad)
     first = next((r for r in records if isinstance(r, dict)), None)
@@ -288,43 +291,17 @@ def prepare(src: str | Path, dst: str | Path, fmt: str = "auto") -> tuple[int, B
     fmt = detect_format(first) if fmt == "auto" else fmt
     if fmt not in CONVERTERS:
         raise DataError(f"unknown input format {fmt!r}; known: {sorted(CONVERTERS)}")
-    out = [e.to_row() for e in convert_records(records, CONVERTERS[fmt], bad)]
-    write_rows(dst, out)
-    return len(out), bad
-
-
-# --------------------------------------------------------------------------- tokens
-
-
-def chat_messages(prompt: str | Sequence, template: str) -> list[dict[str, str]]:
-    turns = (
-        [{"role": "user", "content": prompt}]
-        if isinstance(prompt, str)
-        else [{"role": r, "content": c} for r, c in prompt]
-    )
-    if template in SYSTEM_PROMPTS:
-        turns = [t for t in turns if t["role"] != "system"]
-        turns.insert(0, {"role": "system", "content": SYSTEM_PROMPTS[template]})
-    return turns
-
-
-def prompt_ids(tokenizer: Any, prompt: str | Sequence, template: str) -> list[int]:
-    """Token ids of the prompt as the policy sees it (``none``: raw text, no chat template)."""
-    if template == "none":
-        text = prompt if isinstance(prompt, str) else "\n".join(c for _, c in prompt)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    ids = tokenizer.apply_chat_template(
-        chat_messages(prompt, template), tokenize=True, add_generation_prompt=True
-    )
-    if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-        ids = ids["input_ids"]
-    return list(ids)
-
-
-def trace_ids(tokenizer: Any, trace: str) -> list[int]:
-    """The off-policy trace as the policy would have produced it: text tokens + EOS."""
-    ids = list(tokenizer(trace, add_special_tokens=False)["input_ids"])
-    return [*ids, tokenizer.eos_token_id]
+    examples = convert_records(records, CONVERTERS[fmt], bad)
+    if max_prompt_tokens is not None and prompt_length is not None:
+        kept = []
+        for index, ex in enumerate(examples):
+            if (n := prompt_length(ex)) > max_prompt_tokens:
+                bad.add(index, f"prompt of {n} tokens is longer than {max_prompt_tokens}")
+            else:
+                kept.append(ex)
+        examples = kept
+    write_rows(dst, [e.to_row() for e in examples])
+    return len(examples), bad
 
 
 def iter_rows(examples: Iterable[Example]) -> Iterable[dict]:
@@ -340,9 +317,7 @@ __all__ = [
     "load_examples",
     "load_rows",
     "prepare",
-    "prompt_ids",
     "read_records",
     "to_example",
-    "trace_ids",
     "write_rows",
 ]

@@ -17,7 +17,8 @@ from typing import Any
 from common.config import Config
 from common.schemas import Sampling, ScoredRollout, Task, encode_task
 from common.transport import Publisher
-from learner.data import Example, prompt_ids
+from learner.data import Example
+from learner.prompts import prompt_ids
 
 PREFIX = "eval"
 
@@ -36,6 +37,7 @@ def avg_and_pass(per_prompt: Sequence[Sequence[float]]) -> tuple[float, float]:
 class Round:
     step: int
     expected: dict[str, int]  # task id -> samples
+    sources: dict[str, str] = field(default_factory=dict)  # task id -> data source
     rewards: dict[str, list[float]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
@@ -43,13 +45,21 @@ class Round:
         return all(len(self.rewards.get(t, [])) >= n for t, n in self.expected.items())
 
     def result(self) -> dict[str, Any]:
+        """Pooled avg@k and pass@k, and per data source the mean reward (LUFFY's
+        ``val/test_score/<source>``) with their unweighted mean ``reward_by_source_mean``."""
         per_prompt = [self.rewards.get(t, []) for t in self.expected]
         avg, passed = avg_and_pass(per_prompt)
+        by_source: dict[str, list[list[float]]] = {}
+        for t in self.expected:
+            by_source.setdefault(self.sources.get(t, "unknown"), []).append(self.rewards.get(t, []))
+        source_avg = {s: avg_and_pass(rs)[0] for s, rs in sorted(by_source.items())}
         return {
             "kind": "eval",
             "step": self.step,
             "reward_mean": avg,
             "pass_at_k": passed,
+            "reward_by_source": source_avg,
+            "reward_by_source_mean": sum(source_avg.values()) / max(1, len(source_avg)),
             "prompts": len(per_prompt),
             "samples": sum(len(rs) for rs in per_prompt),
             "complete": self.done(),
@@ -88,7 +98,8 @@ class EvalRounds:
             )
             tasks.append((task_id, encode_task(task)))
             expected[task_id] = lc.eval_samples
-        self.rounds[step] = Round(step, expected)
+        sources = {t: ex.data_source for (t, _), ex in zip(tasks, self.examples, strict=True)}
+        self.rounds[step] = Round(step, expected, sources)
         self.prompts.publish(tasks)
 
     def add(self, scored: ScoredRollout) -> None:

@@ -21,8 +21,9 @@ import numpy as np
 from common.config import Config
 from common.schemas import Rollout, Sampling, Task, encode_rollout, encode_task
 from common.transport import Publisher
-from learner.data import Example, prompt_ids, trace_ids
+from learner.data import Example
 from learner.objective import Objective
+from learner.prompts import prompt_text, text_ids, trace_ids, trace_text
 
 
 @dataclass
@@ -119,9 +120,25 @@ class Feeder:
             self.prompts.publish(tasks)
         return len(tasks)
 
+    def tokens(self, ex: Example) -> tuple[list[int], list[int], str]:
+        """(prompt ids, trace ids, trace text) of ``ex`` as LUFFY builds them: the trace loses
+        a ``<think>\n`` the prompt already ends with and is cut to ``max_prefix_len`` tokens
+        (``learner.prompts.trace_ids``); the text is what the verifier scores, decoded from
+        the ids when the cut removed anything."""
+        text = prompt_text(self.tokenizer, ex.prompt, self.cfg.model.template)
+        prompt = text_ids(self.tokenizer, text)
+        if ex.target is None:
+            return prompt, [], ""
+        limit = self.cfg.algorithm.max_prefix_len
+        trace = trace_ids(self.tokenizer, ex.target, text, limit)
+        words = trace_text(ex.target, text)
+        if trace[-1:] != [self.tokenizer.eos_token_id]:  # cut: score what the policy is shown
+            words = self.tokenizer.decode(trace, skip_special_tokens=True)
+        return prompt, trace, words
+
     def _make(self, task_id: str, index: int) -> tuple[FedTask, Task, list]:
         ex = self.examples[index]
-        ids = prompt_ids(self.tokenizer, ex.prompt, self.cfg.model.template)
+        ids, trace, words = self.tokens(ex)
         gen = self.cfg.generator
         sampling = Sampling(
             gen.temperature,
@@ -141,11 +158,12 @@ class Feeder:
         task = Task(
             task_id, ex.id, ids, self.n_on, sampling, ex.answer, 0, ex.data_source, time.time()
         )
-        traces = [self._trace(task, ex, j) for j in range(n_off)]
+        traces = [self._trace(task, ex, trace, words, j) for j in range(n_off)]
         return FedTask(task_id, index, self.n_on, n_off), task, traces
 
-    def _trace(self, task: Task, ex: Example, j: int) -> tuple[str, bytes]:
-        completion = trace_ids(self.tokenizer, ex.target)
+    def _trace(
+        self, task: Task, ex: Example, completion: list[int], text: str, j: int
+    ) -> tuple[str, bytes]:
         rollout = Rollout(
             rollout_id=f"{task.task_id}/off{j}",
             task_id=task.task_id,
@@ -153,7 +171,7 @@ class Feeder:
             prompt_ids=task.prompt_ids,
             completion_ids=completion,
             logprobs=[0.0] * len(completion),
-            text=ex.target,
+            text=text,
             gold=ex.answer,
             policy_version=0,
             finish_reason="stop",

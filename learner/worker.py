@@ -44,7 +44,7 @@ from learner.broadcast import WeightBroadcaster
 from learner.checkpoint import list_checkpoints
 from learner.checkpointing import Checkpointing
 from learner.collective import Ranks, follow
-from learner.data import DataError, load_examples, prompt_ids, trace_ids
+from learner.data import DataError, load_examples
 from learner.evaluation import EvalRounds
 from learner.feeder import Feeder
 from learner.objective import make_objective
@@ -337,8 +337,8 @@ class LearnerWorker:
         while len(samples) < self.lc.batch_prompts:
             ex = self.feeder.next_example()
             if ex.target is not None:
-                prompt = prompt_ids(self.tokenizer, ex.prompt, self.cfg.model.template)
-                samples.append(trace_sample(prompt, trace_ids(self.tokenizer, ex.target)))
+                prompt, trace, _ = self.feeder.tokens(ex)
+                samples.append(trace_sample(prompt, trace))
         return TrainBatch(samples, len(samples), {"reward_mean": 1.0, "reward_off_mean": 1.0})
 
     # ---------------------------------------------------------------- sync and checkpoints

@@ -247,18 +247,42 @@ def compose(
     typer.echo(f"wrote {out}: learner on GPUs {learner_gpus}, {generators} generator(s)")
 
 
+Template = Annotated[
+    str, typer.Option(help="Prompt template: own | qwen | simplerl | prime | none.")
+]
+
+
 @app.command()
 def prepare(
     src: Annotated[Path, typer.Argument(help="LUFFY / OpenR1 / our .parquet or .jsonl file.")],
     dst: Annotated[Path, typer.Argument(help="Output .jsonl or .parquet in our format.")],
     fmt: Annotated[str, typer.Option("--format", help="auto | luffy | openr1 | ours")] = "auto",
+    max_prompt_tokens: Annotated[
+        int | None,
+        typer.Option(help="Leave out rows whose templated prompt is longer (LUFFY: 1024)."),
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option(help="Model folder whose tokenizer measures prompts.")
+    ] = None,
+    template: Template = "own",
 ) -> None:
     """Convert LUFFY / OpenR1 data files into luffy-async's training format."""
     from learner.data import DataError
     from learner.data import prepare as convert
 
+    length = None
+    if max_prompt_tokens is not None:
+        if model is None:
+            typer.echo("prepare: --max-prompt-tokens needs --model (its tokenizer)", err=True)
+            raise typer.Exit(2)
+        from transformers import AutoTokenizer
+
+        from learner.prompts import prompt_ids
+
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        length = lambda ex: len(prompt_ids(tokenizer, ex.prompt, template))  # noqa: E731
     try:
-        written, bad = convert(src, dst, fmt)
+        written, bad = convert(src, dst, fmt, max_prompt_tokens, length)
     except DataError as exc:
         typer.echo(f"prepare: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -267,7 +291,6 @@ def prepare(
         typer.echo(bad.summary(src), err=True)
 
 
-Template = Annotated[str, typer.Option(help="Prompt template: own | qwen | prime | none.")]
 Engine = Annotated[str, typer.Option(help="vllm (hf when vLLM is unavailable) or hf.")]
 
 
@@ -279,26 +302,46 @@ def eval(
     samples: Annotated[int, typer.Option(help="Samples per prompt (k).")] = 1,
     template: Template = "own",
     temperature: float = 0.6,
-    max_tokens: int = 1024,
+    top_p: float = 1.0,
+    max_tokens: int = 8192,
     engine: Engine = "vllm",
     think_tags: Annotated[
-        bool | None, typer.Option(help="Require </think> (default: own).")
+        bool | None,
+        typer.Option(
+            help="Judge only the text after </think> (default: when the prompt ends "
+            "with <think> and a newline, as LUFFY decides)."
+        ),
     ] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate the first N prompts.")] = None,
+    sources: Annotated[
+        str | None, typer.Option(help="Comma-separated data sources to evaluate (default: all).")
+    ] = None,
+    keep_system: Annotated[
+        bool, typer.Option(help="own: keep the data's system turn (LUFFY's evaluation drops it).")
+    ] = False,
 ) -> None:
-    """Evaluate a model on benchmark files (avg@k, pass@k per data source)."""
+    """Evaluate a model on benchmark files (avg@k, pass@k per data source), as LUFFY does."""
     from rich.console import Console
 
     from learner.data import DataError
-    from services.evaluate import EvalOptions, evaluate, report_table
+    from learner.prompts import TEMPLATES
+    from services.evaluate import EvalOptions, evaluate, luffy_log_lines, report_table
 
     setup_logging("INFO", "eval")
+    if template not in TEMPLATES:
+        typer.echo(f"eval: unknown template {template!r}; known: {', '.join(TEMPLATES)}", err=True)
+        raise typer.Exit(2)
     out = out or data.with_name(f"{data.stem}.{model.name}.samples.jsonl")
     opts = EvalOptions(
         samples=samples,
         temperature=temperature,
+        top_p=top_p,
         max_tokens=max_tokens,
         template=template,
         think_tags=think_tags,
+        drop_system=not keep_system,
+        limit=limit,
+        sources=tuple(x.strip() for x in sources.split(",") if x.strip()) if sources else None,
     )
     try:
         summary = evaluate(model, data, out, opts, engine)
@@ -308,6 +351,10 @@ def eval(
     Console().print(report_table(summary))
     report = out.with_suffix(".summary.json")
     report.write_text(json.dumps(summary, indent=2))
+    out.with_suffix(".log").write_text(luffy_log_lines(summary))
+    skipped = summary.get("skipped", {}).get("count", 0)
+    if skipped:
+        typer.echo(f"skipped {skipped} prompt(s) longer than the model's context (see summary)")
     typer.echo(f"per-sample results: {out}\nsummary: {report}")
 
 
@@ -317,7 +364,7 @@ def generate(
     model: Annotated[Path, typer.Option(help="HF model folder.")],
     template: Template = "own",
     temperature: float = 0.6,
-    max_tokens: int = 1024,
+    max_tokens: int = 8192,
     engine: Engine = "vllm",
 ) -> None:
     """Answer one question with the model's chat template (the LUFFY inference example)."""

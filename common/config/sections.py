@@ -85,8 +85,10 @@ class ModelConfig(_Section):
     """HF model folder. ``luffy up`` builds the tiny model here when it is missing."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Parameter dtype for generation and training (float32 on CPU)."""
-    template: Literal["own", "qwen", "prime", "none"] = "own"
-    """Prompt template: ``own`` = the tokenizer's chat template with think tags (LUFFY)."""
+    template: Literal["own", "qwen", "simplerl", "prime", "none"] = "own"
+    """Prompt template: ``own`` = the tokenizer's chat template over the data's turns (LUFFY's
+    think-template models end it with ``<think>\n``); ``qwen``, ``simplerl``, ``prime`` and
+    ``none`` as LUFFY's evaluation builds them (see ``learner.prompts``)."""
     think_tags: bool = True
     """Responses must contain ``</think>``; the answer is the text after it."""
     tiny: TinyModelConfig = TinyModelConfig()
@@ -155,12 +157,13 @@ class LearnerConfig(_Section):
     """Held-out data evaluated every ``eval_every`` steps."""
     eval_every: int = Field(default=0, ge=0)
     """Evaluate every N steps (0 = never), through the generators and verifiers."""
-    eval_prompts: int = Field(default=64, ge=1)
-    """Held-out prompts per evaluation (the first N of ``eval_file``)."""
+    eval_prompts: int | None = Field(default=None, ge=1)
+    """Held-out prompts per evaluation: the first N of ``eval_file`` (default: all of it, as
+    LUFFY's in-training validation does)."""
     eval_samples: int = Field(default=1, ge=1)
     """Samples per held-out prompt (avg@k and pass@k are reported)."""
-    eval_temperature: float = Field(default=0.0, ge=0)
-    """Sampling temperature of evaluation (0 = greedy)."""
+    eval_temperature: float = Field(default=0.6, ge=0)
+    """Sampling temperature of evaluation (LUFFY's ``val_temperature``: 0.6; 0 = greedy)."""
     batch_prompts: int = Field(default=8, ge=1)
     """Prompt groups per optimizer step."""
     max_steps: int = Field(default=100, ge=1)
@@ -277,6 +280,9 @@ class AlgorithmConfig(_Section):
     token weighted by the truncated importance weight min(pi_prox / pi_behav, ``is_cap``)."""
     is_cap: float = Field(default=2.0, gt=0)
     """Cap C of the truncated importance weight min(pi_prox / pi_behav, C)."""
+    max_prefix_len: int = Field(default=8192, ge=1)
+    """Longest off-policy trace in tokens (LUFFY's ``max_prefix_len``): a trace is cut to it,
+    then EOS is appended and the result cut to it again, so a longer trace loses its EOS."""
     prefix_ratio: tuple[float, float] | None = None
     """Use a random trace prefix with a length ratio in (min, max) instead of the whole trace."""
     target_prob: float = Field(default=1.0, ge=0, le=1)

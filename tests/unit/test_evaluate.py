@@ -1,6 +1,6 @@
 import pytest
 
-from services.evaluate import summarize
+from services.evaluate import EvalOptions, luffy_log_lines, select, summarize
 from verifier.rewards import choice_reward, reward_for_source
 
 
@@ -49,3 +49,38 @@ def test_choice_reward_rejects_a_gold_that_is_no_letter_and_sources_pick_the_rew
     assert [
         reward_for_source(s) for s in ("arc_c", "gpqa_diamond", "mmlu_pro", "aime24", "pick")
     ] == ["choice", "choice", "choice", "math", "math"]
+
+
+def test_repeated_rows_are_samples_of_one_prompt_and_sources_are_not_pooled():
+    # LUFFY's valid.all repeats an AIME row k times: ids differ, the prompt text is the same
+    rows = [
+        {"id": str(i), "data_source": "aime", "sample": 0, "reward": r, "prompt": "P"}
+        for i, r in enumerate([1.0, 0.0, 0.0, 0.0])
+    ]
+    rows += [{"id": "9", "data_source": "math", "sample": 0, "reward": 1.0, "prompt": "M"}]
+    report = summarize(rows, skipped=[{"id": "7", "data_source": "math", "prompt_tokens": 5000}])
+    # aime: one prompt, 4 samples: avg@4 = 1/4, pass@4 = 1; math: 1.0
+    assert report["sources"]["aime"] == {
+        "prompts": 1,
+        "samples": 4,
+        "avg_at_k": 0.25,
+        "pass_at_k": 1.0,
+    }
+    # overall = (0.25 + 1.0) / 2 = 0.625 (pooled over the 5 samples it would be 0.4)
+    assert report["overall_avg_at_k"] == 0.625
+    assert report["skipped"] == {
+        "count": 1,
+        "prompts": [{"id": "7", "data_source": "math", "prompt_tokens": 5000}],
+    }
+    assert luffy_log_lines(report) == "aime: 0.25\nmath: 1.0\navg acc: 0.625\n"
+
+
+def test_select_sources_then_limit():
+    from learner.data import DataError, Example
+
+    examples = [Example(str(i), "q", "1", data_source="ab"[i % 2]) for i in range(6)]
+    opts = EvalOptions(sources=("b",), limit=2)
+    assert [e.id for e in select(examples, opts)] == ["1", "3"]
+    assert len(select(examples, EvalOptions(limit=4))) == 4
+    with pytest.raises(DataError, match=r"unknown data source\(s\) c; the file has \['a', 'b'\]"):
+        select(examples, EvalOptions(sources=("c",)))
