@@ -61,7 +61,9 @@ class Sampling:
 
 @dataclass(slots=True)
 class Task:
-    """One prompt to sample ``n`` completions for."""
+    """One prompt to sample ``n`` completions for, plus one completion per entry of
+    ``prefixes`` (samples ``n``, ``n + 1``, ...): the policy continues the prompt after that
+    leading part of the off-policy trace (LUFFY's partial prefixes)."""
 
     task_id: str
     prompt_id: str
@@ -72,9 +74,11 @@ class Task:
     attempt: int = 0
     data_source: str = ""
     created: float = 0.0
+    prefixes: list[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.prompt_ids = np.asarray(self.prompt_ids, dtype=_I32)
+        self.prefixes = [np.asarray(p, dtype=_I32) for p in self.prefixes]
 
 
 @dataclass(slots=True)
@@ -83,7 +87,10 @@ class Rollout:
 
     ``policy_version`` is the oldest policy version any of its tokens was sampled with (the
     learner judges staleness by it) and ``version_max`` the newest (the same when no weight
-    push landed while it was sampled; defaults to ``policy_version``)."""
+    push landed while it was sampled; defaults to ``policy_version``). The first
+    ``prefix_len`` completion tokens are off-policy (a trace, or the trace prefix a generated
+    continuation follows; their log-probs are 0); ``off_policy`` says there are any, and an
+    off-policy rollout without ``prefix_len`` is off-policy throughout."""
 
     rollout_id: str
     task_id: str
@@ -100,6 +107,7 @@ class Rollout:
     version_max: int | None = None
     data_source: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    prefix_len: int | None = None
 
     def __post_init__(self) -> None:
         self.prompt_ids = np.asarray(self.prompt_ids, dtype=_I32)
@@ -107,6 +115,13 @@ class Rollout:
         self.logprobs = np.asarray(self.logprobs, dtype=_F32)
         if self.version_max is None:
             self.version_max = self.policy_version
+        if self.prefix_len is None:
+            self.prefix_len = len(self.completion_ids) if self.off_policy else 0
+
+    @property
+    def generated(self) -> bool:
+        """Whether any of its tokens was sampled by the policy (a staleness to judge)."""
+        return self.prefix_len < len(self.completion_ids)
 
 
 @dataclass(slots=True)
@@ -142,12 +157,13 @@ class _TaskWire(msgspec.Struct, tag_field="kind", tag="task", forbid_unknown_fie
     task_id: _Id
     prompt_id: _Id
     prompt_ids: memoryview
-    n: Annotated[int, msgspec.Meta(ge=1, le=4096)]
+    n: Annotated[int, msgspec.Meta(ge=0, le=4096)]
     sampling: _SamplingWire
     gold: _Text
     attempt: _Count = 0
     data_source: _Id = ""
     created: float = 0.0
+    prefixes: Annotated[list[memoryview], msgspec.Meta(max_length=4096)] = []
 
 
 class _RolloutWire(msgspec.Struct, tag_field="kind", tag="rollout", forbid_unknown_fields=False):
@@ -168,6 +184,7 @@ class _RolloutWire(msgspec.Struct, tag_field="kind", tag="rollout", forbid_unkno
     off_policy: bool = False
     data_source: _Id = ""
     timings: Annotated[dict[str, float], msgspec.Meta(max_length=64)] = {}
+    prefix_len: _Count | None = None
 
 
 class _ScoredWire(msgspec.Struct, tag_field="kind", tag="scored", forbid_unknown_fields=False):
@@ -208,6 +225,7 @@ def _rollout_wire(r: Rollout) -> _RolloutWire:
         off_policy=r.off_policy,
         data_source=r.data_source,
         timings=dict(r.timings),
+        prefix_len=r.prefix_len,
     )
 
 
@@ -225,6 +243,7 @@ def encode_task(t: Task) -> bytes:
             attempt=t.attempt,
             data_source=t.data_source,
             created=t.created,
+            prefixes=[pack_tokens(p) for p in t.prefixes],
         )
     )
 
@@ -296,6 +315,8 @@ def decode_task(data: bytes) -> Task:
     prompt = _tokens("task", "prompt_ids", w.prompt_ids)
     if prompt.size == 0:
         raise SchemaError("task: field 'prompt_ids' is empty")
+    if w.n + len(w.prefixes) == 0:
+        raise SchemaError("task: field 'n' is 0 and there are no prefixes (nothing to sample)")
     s = w.sampling
     if not (s.t >= 0 and math.isfinite(s.t)):
         raise SchemaError(f"task: sampling temperature {s.t} out of range")
@@ -309,6 +330,7 @@ def decode_task(data: bytes) -> Task:
         attempt=w.attempt,
         data_source=w.data_source,
         created=_finite("task", "created", w.created),
+        prefixes=[_tokens("task", f"prefixes[{i}]", p) for i, p in enumerate(w.prefixes)],
     )
 
 
@@ -328,6 +350,12 @@ def _rollout_from(w: _RolloutWire, kind: str) -> Rollout:
     version_max = w.policy_version if w.version_max is None else w.version_max
     if version_max < w.policy_version:
         raise SchemaError(f"{kind}: version_max {version_max} < policy_version {w.policy_version}")
+    if w.prefix_len is not None and w.prefix_len > completion.size:
+        raise SchemaError(
+            f"{kind}: prefix_len {w.prefix_len} > {completion.size} completion tokens"
+        )
+    if w.prefix_len and not w.off_policy:
+        raise SchemaError(f"{kind}: prefix_len {w.prefix_len} on a rollout not off-policy")
     return Rollout(
         rollout_id=w.rollout_id,
         task_id=w.task_id,
@@ -344,6 +372,7 @@ def _rollout_from(w: _RolloutWire, kind: str) -> Rollout:
         version_max=version_max,
         data_source=w.data_source,
         timings=w.timings,
+        prefix_len=w.prefix_len,
     )
 
 

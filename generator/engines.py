@@ -51,6 +51,7 @@ class Engine(Protocol):
     name: str
     vocab_size: int
     max_model_len: int
+    tokenizer: Any  # decodes trace prefix + continuation into the text the verifier scores
 
     def generate(self, requests: list[GenRequest]) -> list[list[Completion]]: ...
     def join_weight_group(self, spec: GroupSpec, first_rank: int) -> int: ...

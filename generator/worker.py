@@ -133,7 +133,15 @@ class GeneratorWorker:
             return bool(batch) or loaded
         self.inflight = len(tasks)
         started = time.perf_counter()
-        samples = self.engine.generate([self._request(d.value) for d in tasks])
+        plans = [self._requests(d.value) for d in tasks]
+        flat = self.engine.generate([req for plan in plans for req, _ in plan])
+        samples, at = [], 0
+        for plan in plans:  # back to one list per task: its n samples, then its prefix samples
+            per_task = []
+            for _, prefix in plan:
+                per_task += [(prefix, c) for c in flat[at]]
+                at += 1
+            samples.append(per_task)
         elapsed = time.perf_counter() - started
         self.gen_seconds.observe(elapsed)
         self._publish(tasks, samples, elapsed)
@@ -157,35 +165,55 @@ class GeneratorWorker:
             self.consumer.deadletter(delivery.entry_id, fields, f"task {task.task_id}: {reason}")
         return not reason
 
-    def _request(self, task: Task) -> GenRequest:
-        room = self.engine.max_model_len - len(task.prompt_ids)
+    def _requests(self, task: Task) -> list[tuple[GenRequest, list[int]]]:
+        """The task's engine requests with the trace prefix each continues: its ``n`` samples
+        from the prompt, then one continuation per prefix (LUFFY's partial prefixes: the
+        policy continues prompt + prefix; the prefix counts against ``max_new_tokens``). A
+        prefix the context cannot hold with one more token is cut to fit."""
+        prompt = task.prompt_ids.tolist()
+        room = self.engine.max_model_len - len(prompt)
         sampling = replace(task.sampling, max_new_tokens=min(task.sampling.max_new_tokens, room))
-        return GenRequest(task.prompt_ids.tolist(), task.n, sampling)
+        plan = [(GenRequest(prompt, task.n, sampling), [])] if task.n else []
+        seed = task.sampling.seed
+        for j, raw in enumerate(task.prefixes):
+            prefix = raw.tolist()[: max(0, min(room, sampling.max_new_tokens) - 1)]
+            left = sampling.max_new_tokens - len(prefix)
+            seeded = None if seed is None else (seed + 7919 * (j + 1)) % (1 << 31)
+            cont = replace(sampling, max_new_tokens=left, seed=seeded)
+            plan.append((GenRequest(prompt + prefix, 1, cont), prefix))
+        return plan
 
     def _publish(self, tasks: list[Delivery[Task]], samples: list, elapsed: float) -> None:
         now, version, batch, tokens = time.time(), self.sync.version, [], 0
         for delivery, task_samples in zip(tasks, samples, strict=True):
             task = delivery.value
             outputs = []
-            for i, s in enumerate(task_samples):
+            for i, (prefix, s) in enumerate(task_samples):
+                completion, logprobs, text = s.completion_ids, s.logprobs, s.text
+                if prefix:  # the trace prefix is part of the response, off-policy (log-prob 0)
+                    completion = [*prefix, *completion]
+                    logprobs = [0.0] * len(prefix) + list(logprobs)
+                    text = self.engine.tokenizer.decode(completion, skip_special_tokens=True)
                 rollout = Rollout(
                     rollout_id=f"{task.task_id}/{i}",
                     task_id=task.task_id,
                     sample=i,
                     prompt_ids=task.prompt_ids,
-                    completion_ids=s.completion_ids,
-                    logprobs=s.logprobs,
-                    text=s.text,
+                    completion_ids=completion,
+                    logprobs=logprobs,
+                    text=text,
                     gold=task.gold,
                     policy_version=version,
                     version_max=version,  # syncs fall between engine calls: one version each
                     finish_reason=s.finish_reason,
                     generator_id=self.ctx.member_id,
+                    off_policy=bool(prefix),
+                    prefix_len=len(prefix),
                     data_source=task.data_source,
                     timings={"generate_s": elapsed, "queue_s": max(0.0, now - task.created)},
                 )
                 outputs.append(Output("rollouts", rollout.rollout_id, encode_rollout(rollout)))
-                tokens += len(s.completion_ids)
+                tokens += len(s.completion_ids)  # generated ones (prefixes are not)
             batch.append((delivery, outputs))
         written = self.consumer.commit(batch)
         fresh = [outs for (_, outs), new in zip(batch, written, strict=True) if new]

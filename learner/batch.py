@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,18 +33,16 @@ class Group:
     samples: dict[str, ScoredRollout] = field(default_factory=dict)  # rollout id -> sample
     first_seen: float = field(default_factory=time.monotonic)
 
-    def counts(self) -> tuple[int, int]:
-        off = sum(1 for s in self.samples.values() if s.rollout.off_policy)
-        return len(self.samples) - off, off
-
     def complete(self) -> bool:
-        on, off = self.counts()
-        return on >= self.n_on and off >= self.n_off
+        """Every sample is in: ``n_on`` on-policy ones and ``n_off`` trace samples (whole
+        traces, or prefixes the policy continued; a prefix of ratio 0 is an on-policy sample,
+        so the count is over all of them)."""
+        return len(self.samples) >= self.n_on + self.n_off
 
     def min_version(self) -> int | None:
-        versions = [
-            s.rollout.policy_version for s in self.samples.values() if not s.rollout.off_policy
-        ]
+        """The oldest version any of its generated tokens was sampled with (None: no sample
+        holds a generated token, e.g. whole traces only)."""
+        versions = [s.rollout.policy_version for s in self.samples.values() if s.rollout.generated]
         return min(versions) if versions else None
 
 
@@ -95,10 +92,15 @@ class Sample:
     prompt_len: int
     behav_logprobs: list[float]
     advantage: float
-    off_policy: bool
+    off_policy: bool  # it carries off-policy tokens (a trace, or a trace prefix)
     reward: float
     lag: int  # learner version - the oldest version a token was sampled with (policy_version)
     version_span: int = 0  # newest - oldest version among its tokens (0 within one version)
+    prefix_len: int | None = None  # leading off-policy response tokens (default: all if off)
+
+    def __post_init__(self) -> None:
+        if self.prefix_len is None:
+            self.prefix_len = self.response_len if self.off_policy else 0
 
     @property
     def response_len(self) -> int:
@@ -125,7 +127,7 @@ def _too_stale(group: Group, version: int, algo: AlgorithmConfig) -> bool:
 
 
 def build_batch(
-    groups: list[Group], version: int, algo: AlgorithmConfig, rng: random.Random
+    groups: list[Group], version: int, algo: AlgorithmConfig
 ) -> tuple[TrainBatch, list[Group]]:
     """Samples with advantages from complete ``groups``; returns (batch, dropped stale groups)."""
     kept, dropped = [], []
@@ -144,10 +146,7 @@ def build_batch(
     off = torch.tensor([s.rollout.off_policy for _, s in rows])
     baseline = ~off if algo.advantage == "grpo_split" else torch.ones_like(off)
     adv = group_advantages(rewards, group_ids, baseline, algo.std_normalize, algo.eps)
-    samples = [
-        _sample(s, float(a), version, algo, rng)
-        for (_, s), a in zip(rows, adv.tolist(), strict=True)
-    ]
+    samples = [_sample(s, float(a), version) for (_, s), a in zip(rows, adv.tolist(), strict=True)]
     stale_kept = sum(_stale(g, version, algo.max_off_policy_steps) for g in kept)
     stats = {
         "reward_mean": float(rewards.mean()),
@@ -158,6 +157,11 @@ def build_batch(
         "lag_max": float(max(s.lag for s in samples)),
         "version_span_max": float(max(s.version_span for s in samples)),
         "response_len_on_mean": _mean([s.response_len for s in samples if not s.off_policy]),
+        # LUFFY's partial prefixes: samples that continued a trace prefix, and the share of
+        # the batch's response tokens that are off-policy
+        "prefix_continued": float(sum(0 < s.prefix_len < s.response_len for s in samples)),
+        "off_token_share": sum(s.prefix_len for s in samples)
+        / max(1, sum(s.response_len for s in samples)),
     }
     return TrainBatch(samples, len(kept), stats), dropped
 
@@ -166,26 +170,20 @@ def _mean(values: list[int]) -> float:
     return float(sum(values)) / len(values) if values else 0.0
 
 
-def _sample(
-    scored: ScoredRollout, adv: float, version: int, algo: AlgorithmConfig, rng: random.Random
-) -> Sample:
+def _sample(scored: ScoredRollout, adv: float, version: int) -> Sample:
     r = scored.rollout
-    completion = r.completion_ids.tolist()
-    behav = r.logprobs.tolist()
-    if r.off_policy and algo.prefix_ratio is not None and completion:
-        # partial prefix: learn from a random leading part of the trace only
-        keep = max(1, round(len(completion) * rng.uniform(*algo.prefix_ratio)))
-        completion, behav = completion[:keep], behav[:keep]
     prompt = r.prompt_ids.tolist()
+    generated = r.generated
     return Sample(
-        input_ids=prompt + completion,
+        input_ids=prompt + r.completion_ids.tolist(),
         prompt_len=len(prompt),
-        behav_logprobs=behav,
+        behav_logprobs=r.logprobs.tolist(),
         advantage=adv,
         off_policy=r.off_policy,
         reward=scored.reward,
-        lag=0 if r.off_policy else version - r.policy_version,
-        version_span=0 if r.off_policy else r.version_max - r.policy_version,
+        lag=version - r.policy_version if generated else 0,
+        version_span=r.version_max - r.policy_version if generated else 0,
+        prefix_len=r.prefix_len,
     )
 
 

@@ -23,6 +23,7 @@ from common.schemas import Rollout, Sampling, Task, encode_rollout, encode_task
 from common.transport import Publisher
 from learner.data import Example
 from learner.objective import Objective
+from learner.prefixes import prefix_ratios, prefix_tokens
 from learner.prompts import prompt_text, text_ids, trace_ids, trace_text
 
 
@@ -61,6 +62,7 @@ class Feeder:
         self.n_on = algo.n_on
         self.n_off = algo.n_off if objective.uses_traces else 0
         self.capacity = (algo.max_off_policy_steps + 1) * cfg.learner.batch_prompts
+        self.step = 0  # the learner's training step: the scheduled prefix strategies follow it
 
     # ---------------------------------------------------------------- cursor
 
@@ -155,19 +157,38 @@ class Feeder:
             )
         )
         n_off = self.n_off if with_trace else 0
+        prefixes, whole = self._prefixes(task_id, trace, n_off)
         task = Task(
             task_id, ex.id, ids, self.n_on, sampling, ex.answer, 0, ex.data_source, time.time()
         )
-        traces = [self._trace(task, ex, trace, words, j) for j in range(n_off)]
+        task.prefixes = [np.asarray(p, dtype=np.int32) for p in prefixes]
+        first = self.n_on + len(prefixes)  # the generator numbers its prefix samples before
+        traces = [self._trace(task, ex, trace, words, j, first + j) for j in range(whole)]
         return FedTask(task_id, index, self.n_on, n_off), task, traces
 
+    def _prefixes(self, task_id: str, trace: list[int], n_off: int) -> tuple[list[list[int]], int]:
+        """(prefixes for the generator to continue, number of whole-trace samples) of a group's
+        ``n_off`` trace samples (``learner.prefixes``). A prefix as long as the trace, or as
+        the response budget, is the whole trace: nothing is left for the policy to write."""
+        rng = random.Random(f"{self.cfg.run.seed}/{task_id}/prefix")
+        ratios = prefix_ratios(self.cfg.algorithm, n_off, self.step, rng)
+        budget = self.cfg.generator.max_new_tokens
+        prefixes, whole = [], 0
+        for ratio in ratios:
+            k = prefix_tokens(len(trace), ratio)
+            if k >= len(trace) or k >= budget:
+                whole += 1
+            else:
+                prefixes.append(trace[:k])
+        return prefixes, whole
+
     def _trace(
-        self, task: Task, ex: Example, completion: list[int], text: str, j: int
+        self, task: Task, ex: Example, completion: list[int], text: str, j: int, sample: int
     ) -> tuple[str, bytes]:
         rollout = Rollout(
             rollout_id=f"{task.task_id}/off{j}",
             task_id=task.task_id,
-            sample=self.n_on + j,
+            sample=sample,
             prompt_ids=task.prompt_ids,
             completion_ids=completion,
             logprobs=[0.0] * len(completion),

@@ -91,18 +91,22 @@ def prompt_key(sample: Sample) -> tuple[int, ...]:
 
 
 def _token_fields(samples: list[Sample], device: torch.device) -> dict[str, torch.Tensor]:
-    """[T] per-response-token tensors: targets, behaviour log-probs, advantages, off flags."""
-    targets, behav, adv, off = [], [], [], []
+    """[T] per-response-token tensors: targets, behaviour log-probs, advantages, ``off`` (the
+    token is off-policy: within its sample's trace prefix) and ``off_seq`` (its sample has
+    one: LUFFY's sequence-level mask, ``prefix_mask.any(-1)``)."""
+    targets, behav, adv, off, off_seq = [], [], [], [], []
     for s in samples:
         targets += s.input_ids[s.prompt_len :]
         behav += s.behav_logprobs
         adv += [s.advantage] * s.response_len
-        off += [s.off_policy] * s.response_len
+        off += [True] * s.prefix_len + [False] * (s.response_len - s.prefix_len)
+        off_seq += [s.off_policy] * s.response_len
     return {
         "targets": torch.tensor(targets, dtype=torch.long, device=device),
         "behav": torch.tensor(behav, dtype=torch.float32, device=device),
         "adv": torch.tensor(adv, dtype=torch.float32, device=device),
         "off": torch.tensor(off, dtype=torch.bool, device=device),
+        "off_seq": torch.tensor(off_seq, dtype=torch.bool, device=device),
     }
 
 

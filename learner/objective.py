@@ -118,17 +118,26 @@ def token_losses(
     logp_behav: torch.Tensor,
     adv: torch.Tensor,
     off_policy: torch.Tensor,
+    off_sequence: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-token loss parts of one batch. All inputs [T]: current log-probs (with grad),
-    behaviour log-probs from the generator (0 for traces), per-token advantages (the sample's
-    advantage broadcast), off-policy flags. Returns {"on", "off", "sft"} [T], zero where a term
-    is absent or does not apply to the token; their sum is the token loss.
+    behaviour log-probs from the generator (0 for trace tokens), per-token advantages (the
+    sample's advantage broadcast), off-policy flags (the token is in its sample's trace
+    prefix) and ``off_sequence`` (its sample has such a prefix; default ``off_policy``).
+    Returns {"on", "off", "sft"} [T], zero where a term is absent or does not apply to the
+    token; their sum is the token loss.
+
+    With the LUFFY term, prefix tokens are shaped off-policy and a continuation's tokens are
+    on-policy. With the SFT term (LUFFY's multitask loss) the masks are per sequence, as
+    LUFFY's ``prefix_mask.any(-1)``: sequences with a prefix get the NLL on every token and
+    the policy term only sees the others.
 
     The proximal policy is the current one before this update (``logp.detach()``): with a
     decoupled on-policy term the ratio is exp(logp - logp_prox) and each on-policy token is
     weighted by min(pi_prox / pi_behav, C), which corrects stale samples (~1 for fresh ones).
     """
-    on = ~off_policy
+    off_sequence = off_policy if off_sequence is None else off_sequence
+    on = ~off_sequence if objective.sft is not None else ~off_policy
     zero = torch.zeros_like(logp)
     parts = {"on": zero, "off": zero, "sft": zero}
     if (term := objective.on_policy) is not None:
@@ -142,7 +151,7 @@ def token_losses(
         off_loss = off_policy_loss(logp, adv, shaped.shaping, shaped.gamma)
         parts["off"] = torch.where(off_policy, off_loss, zero)
     if objective.sft is not None:
-        parts["sft"] = torch.where(off_policy, objective.sft.coef * sft_nll(logp), zero)
+        parts["sft"] = torch.where(off_sequence, objective.sft.coef * sft_nll(logp), zero)
     return parts
 
 
@@ -154,14 +163,15 @@ def micro_batch_loss(
     objective: Objective,
     parts: dict[str, torch.Tensor],
     entropy: torch.Tensor,
-    off_policy: torch.Tensor,
+    off_sequence: torch.Tensor,
     batch_denominator: float,
     batch_tokens: int,
 ) -> torch.Tensor:
     """One micro-batch's share of the step's loss: summed over every micro-batch of every
     rank it is the loss of the step. ``parts`` from ``token_losses``, ``entropy`` and
-    ``off_policy`` [T_micro]; ``batch_denominator`` = ``denominator`` of the whole batch,
-    ``batch_tokens`` its response tokens.
+    ``off_sequence`` [T_micro] (tokens of samples with a trace prefix);
+    ``batch_denominator`` = ``denominator`` of the whole batch, ``batch_tokens`` its response
+    tokens.
 
     Ours: sum(on + off + sft) / batch_denominator - coef * sum(H) / batch_tokens.
     ``luffy`` (verl's per-micro-batch loss, accumulated, FSDP-averaged over R ranks):
@@ -174,7 +184,7 @@ def micro_batch_loss(
     ones = torch.ones_like(entropy)
     loss = (
         policy / objective.max_response_len
-        + _masked_mean(parts["sft"], off_policy)
+        + _masked_mean(parts["sft"], off_sequence)
         - objective.entropy_coef * _masked_mean(entropy, ones)
     )
     return loss / objective.luffy_ranks

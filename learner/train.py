@@ -172,8 +172,10 @@ class Trainer:
             samples, self.pad_id, self.device
         )
         logp, entropy = self.model(batch)
-        parts = token_losses(self.objective, logp, batch["behav"], batch["adv"], batch["off"])
-        loss = micro_batch_loss(self.objective, parts, entropy, batch["off"], denom, n_tokens)
+        parts = token_losses(
+            self.objective, logp, batch["behav"], batch["adv"], batch["off"], batch["off_seq"]
+        )
+        loss = micro_batch_loss(self.objective, parts, entropy, batch["off_seq"], denom, n_tokens)
         # FSDP averages gradients over ranks: scale so the sum over ranks is the step's loss
         (loss * self.world).backward()
         with torch.no_grad():

@@ -19,7 +19,6 @@ Parts and ownership:
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from typing import Any
@@ -97,7 +96,6 @@ class LearnerWorker:
             cfg.learner.keep_last,
             cfg.learner.export_hf,
         )
-        self.rng = random.Random(cfg.run.seed)
         self.ckpt_root = str(cfg.run.run_dir / "checkpoints")
         self.board = SyncBoard(ctx.redis, ctx.keys)
         self.marker = RunMarker(ctx.redis, ctx.keys)
@@ -220,6 +218,7 @@ class LearnerWorker:
         if not self.objective.generates:
             self._train(self._trace_batch())
             return True
+        self.feeder.step = self.ranks.step
         self.feeder.top_up()
         want = self.lc.batch_prompts
         block = 0 if len(self.assembler.ready) >= want else min(self.cfg.redis.block_ms, 200)
@@ -229,7 +228,7 @@ class LearnerWorker:
             self._bring_in_newcomers()
             return False
         groups = self.assembler.take(want)
-        batch, stale = build_batch(groups, self.version, self.algo, self.rng)
+        batch, stale = build_batch(groups, self.version, self.algo)
         for group in stale:
             self._resolve(group.task_id, "stale")
         if batch.samples:

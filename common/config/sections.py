@@ -227,7 +227,8 @@ class AlgorithmConfig(_Section):
     n_on: int = Field(default=7, ge=0)
     """On-policy samples per prompt."""
     n_off: int = Field(default=1, ge=0)
-    """Off-policy traces per prompt (the teacher response)."""
+    """Trace samples per prompt (LUFFY's ``n_prefix``): each shows the off-policy trace whole
+    or, with prefix ratios below 1, its leading part for the policy to continue."""
     advantage: Literal["grpo", "grpo_split"] = "grpo"
     """``grpo``: baseline = mean reward of the whole group; ``grpo_split``: of on-policy only."""
     std_normalize: bool = False
@@ -283,8 +284,26 @@ class AlgorithmConfig(_Section):
     max_prefix_len: int = Field(default=8192, ge=1)
     """Longest off-policy trace in tokens (LUFFY's ``max_prefix_len``): a trace is cut to it,
     then EOS is appended and the result cut to it again, so a longer trace loses its EOS."""
-    prefix_ratio: tuple[float, float] | None = None
-    """Use a random trace prefix with a length ratio in (min, max) instead of the whole trace."""
+    min_prefix_ratio: float = Field(default=1.0, ge=0, le=1)
+    """Shortest share of the trace a trace sample shows (LUFFY's ``min_prefix_ratio``). 1 with
+    ``max_prefix_ratio`` 1 (LUFFY's recipe): every trace sample is the whole trace. Below 1 the
+    generator continues the prompt after the first int(len(trace) x ratio) trace tokens: those
+    are trained off-policy, the continuation on-policy with its own behaviour log-probs, and
+    the reward is the verifier's on prefix + continuation."""
+    max_prefix_ratio: float = Field(default=1.0, ge=0, le=1)
+    """Longest share of the trace a trace sample shows (LUFFY's ``max_prefix_ratio``)."""
+    prefix_strategy: Literal["random", "linear", "reverse_linear", "linear_max", "fixed"] = "random"
+    """How a trace sample's ratio is drawn (``learner.prefixes``): ``random`` in [min, max];
+    ``reverse_linear`` / ``linear_max`` in [0, bound] with a bound growing / shrinking over
+    ``prefix_steps`` in 10 windows up to / from ``prefix_linear_max_ratio``; ``fixed`` evenly
+    spaced from min to max over the group's trace samples; ``linear`` (with
+    ``prefix_share_across_samples``) ``prefix_linear_max_ratio`` x (1 - step / prefix_steps)."""
+    prefix_steps: int = Field(default=300, ge=1)
+    """Training steps the scheduled strategies run over (LUFFY's ``prefix_steps``)."""
+    prefix_linear_max_ratio: float = Field(default=0.8, ge=0, le=1)
+    """Largest ratio of the scheduled strategies (LUFFY's ``prefix_linear_max_ratio``)."""
+    prefix_share_across_samples: bool = False
+    """One ratio for all of a group's trace samples (LUFFY's ``prefix_share_across_samples``)."""
     target_prob: float = Field(default=1.0, ge=0, le=1)
     """Probability that a group includes its off-policy trace(s)."""
 
@@ -296,6 +315,20 @@ class AlgorithmConfig(_Section):
                 "against the pre-update policy is 1 in a single update per batch); set "
                 "decoupled = false to clip pi / pi_behav as LUFFY's on-policy baseline does"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _prefixes_make_sense(self) -> AlgorithmConfig:
+        if self.min_prefix_ratio > self.max_prefix_ratio:
+            raise ValueError(
+                f"min_prefix_ratio ({self.min_prefix_ratio}) must be <= max_prefix_ratio "
+                f"({self.max_prefix_ratio})"
+            )
+        share, strategy = self.prefix_share_across_samples, self.prefix_strategy
+        if strategy == "linear" and not share:
+            raise ValueError("prefix_strategy = linear needs prefix_share_across_samples = true")
+        if strategy == "fixed" and share:
+            raise ValueError("prefix_strategy = fixed cannot share one ratio across samples")
         return self
 
     @model_validator(mode="after")

@@ -328,3 +328,38 @@ def test_tasks_no_engine_can_serve_go_to_deadletter(
         stop(proc)
     assert "task oov: token id 99999 out of vocabulary" in reasons[0]
     assert "task long: prompt of 2000 tokens >= max_model_len" in reasons[1]
+
+
+def test_the_policy_continues_a_trace_prefix(
+    redis_url, run_name, resilient, rclient, tmp_path, tiny_model_dir
+):
+    """LUFFY's partial prefixes: the generator continues prompt + prefix; the prefix is the
+    response's off-policy head (log-prob 0), the continuation the policy's own, and the text
+    the verifier scores is the decoded prefix + continuation."""
+    from transformers import AutoTokenizer
+
+    keys = Keys(run_name)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = [5, 6, 7, 8, 9]
+    prefix = tok("<think>\n7 plus 8 is", add_special_tokens=False)["input_ids"]
+    task = Task("pre", "p", prompt, 1, Sampling(0.0, 1.0, 12, 3), "15", created=time.time())
+    task.prefixes = [prefix, [], list(range(20, 40))]  # the last is longer than 12 tokens
+    proc = start_generator(redis_url, run_name, tiny_model_dir, tmp_path, "g1")
+    try:
+        wait_registered(resilient, keys, "g1", proc)
+        StreamPublisher(resilient, keys, "prompts").publish([("pre", encode_task(task))])
+        wait_for(lambda: rclient.xlen(keys.stream("rollouts")) == 4, 60, "four rollouts")
+        by_sample = {r.sample: r for r in rollouts_of(rclient, keys)}
+    finally:
+        stop(proc)
+    plain, cont, empty, cut = (by_sample[i] for i in range(4))
+    assert (plain.off_policy, plain.prefix_len) == (False, 0)
+    k = len(prefix)
+    assert (cont.off_policy, cont.prefix_len) == (True, k)
+    assert cont.completion_ids[:k].tolist() == prefix and not cont.logprobs[:k].any()
+    assert (cont.logprobs[k:] < 0).all() and len(cont.completion_ids) <= 12
+    assert cont.text == tok.decode(cont.completion_ids.tolist(), skip_special_tokens=True)
+    assert cont.text.startswith("<think>\n7 plus 8 is")
+    assert greedy_under(tiny_model_dir, prompt + prefix, cont.completion_ids[k:].tolist())
+    assert (empty.off_policy, empty.prefix_len) == (False, 0)  # ratio 0: an ordinary sample
+    assert cut.prefix_len == 11 and len(cut.completion_ids) == 12  # room for one token left

@@ -248,3 +248,31 @@ def test_a_fresh_learner_refuses_to_start_over_an_earlier_run(
     out = proc.output(timeout=300)
     assert proc.returncode == 2 and "Traceback" not in out, out[-3000:]
     assert "already has checkpoints" in out and "--learner.resume true" in out
+
+
+def test_partial_prefixes_end_to_end(redis_url, run_name, tmp_path, tiny_model_dir):
+    """LUFFY's partial prefixes through the whole loop: the feeder gives each group one prefix
+    of half its trace (``fixed`` from 0.5 to 1.0 over two trace samples) and one whole trace;
+    the generator continues the prefix, the verifier scores prefix + continuation, and the
+    learner trains the prefix off-policy and the continuation on-policy."""
+    data = write_task(tmp_path / "train.jsonl")
+    gen, ver = start_helpers(redis_url, run_name, tmp_path, tiny_model_dir)
+    prefixes = [
+        "--algorithm.n_on", "2", "--algorithm.n_off", "2",
+        "--algorithm.prefix_strategy", "fixed",
+        "--algorithm.min_prefix_ratio", "0.5", "--algorithm.max_prefix_ratio", "1.0",
+    ]  # fmt: skip
+    args = learner_args(redis_url, run_name, tmp_path, tiny_model_dir, data, *prefixes)
+    try:
+        proc = spawn("-m", "services.learner", *args, "--learner.max_steps", "2")
+        out = proc.output(timeout=400)
+    finally:
+        stop(gen, ver)
+    assert proc.returncode == 0, out[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / run_name / "metrics.jsonl").open()]
+    steps = [r for r in rows if r.get("kind") == "train"]
+    assert len(steps) == 2
+    for r in steps:
+        # 4 groups x (2 on-policy + 1 continued prefix + 1 whole trace): 4 continuations
+        assert r["prefix_continued"] == 4
+        assert 0 < r["off_token_share"] < 1

@@ -49,15 +49,15 @@ def test_cli_equals_form_json_lists_and_none():
     cfg = load_config(
         overrides=[
             "--learner.betas=[0.8, 0.9]",
-            "--algorithm.prefix_ratio",
-            "[0.2, 0.8]",
+            "--algorithm.prefix_linear_max_ratio",
+            "0.8",
             "--learner.train_file",
             "none",
         ],
         environ={},
     )
     assert cfg.learner.betas == (0.8, 0.9)
-    assert cfg.algorithm.prefix_ratio == (0.2, 0.8)
+    assert cfg.algorithm.prefix_linear_max_ratio == 0.8
     assert cfg.learner.train_file is None
 
 

@@ -144,8 +144,12 @@ def test_task_bad_fields():
     good = encode_task(make_task())
     with pytest.raises(SchemaError, match="'prompt_ids' is empty"):
         decode_task(mutate(good, prompt_ids=b""))
-    with pytest.raises(SchemaError, match=r"Expected `int` >= 1 - at `\$\.n`"):
+    with pytest.raises(SchemaError, match=r"'n' is 0 and there are no prefixes"):
         decode_task(mutate(good, n=0))
+    with pytest.raises(SchemaError, match=r"Expected `int` >= 0 - at `\$\.n`"):
+        decode_task(mutate(good, n=-1))
+    with pytest.raises(SchemaError, match=r"field 'prefixes\[1\]' has 3 bytes"):
+        decode_task(mutate(good, prefixes=[b"\x01\x00\x00\x00", b"\x01\x00\x00"]))
     with pytest.raises(SchemaError, match=r"Object missing required field `t` - at `\$\.sampling`"):
         decode_task(mutate(good, sampling={"p": 1.0, "m": 4}))
     with pytest.raises(SchemaError, match=r"sampling temperature -1\.0 out of range"):
@@ -166,3 +170,23 @@ def test_random_bytes_only_ever_raise_schema_error(data):
     for decode in (decode_task, decode_rollout, decode_scored):
         with contextlib.suppress(SchemaError):
             decode(data)
+
+
+def test_prefixes_and_prefix_len_travel_and_are_checked():
+    task = make_task()
+    task.prefixes = [[5, 6, 7], []]
+    back = decode_task(encode_task(task))
+    assert [p.tolist() for p in back.prefixes] == [[5, 6, 7], []]
+    assert decode_task(encode_task(make_task())).prefixes == []  # none: the old message
+    rollout = make_rollout()
+    rollout.off_policy, rollout.prefix_len = True, 1
+    got = decode_rollout(encode_rollout(rollout))
+    assert (got.prefix_len, got.generated) == (1, True)
+    wire = encode_rollout(rollout)
+    n = len(rollout.completion_ids)
+    with pytest.raises(SchemaError, match=rf"prefix_len {n + 1} > {n} completion tokens"):
+        decode_rollout(mutate(wire, prefix_len=n + 1))
+    with pytest.raises(SchemaError, match="prefix_len 1 on a rollout not off-policy"):
+        decode_rollout(mutate(wire, off_policy=False))
+    # an off-policy rollout from before prefixes is off-policy throughout
+    assert decode_rollout(mutate(wire, prefix_len=None)).prefix_len == n
