@@ -23,6 +23,7 @@ class Call(enum.Enum):
     FULL_STATE_DICT = "full_state_dict"
     SAVE = "save"
     LOAD = "load"
+    PLAN_STEPS = "plan_steps"
     STOP = "stop"
 
 
@@ -32,6 +33,7 @@ def _local(trainer: Trainer, call: Call) -> Any:
         Call.FULL_STATE_DICT: trainer.full_state_dict,
         Call.SAVE: trainer.save,
         Call.LOAD: trainer.load,
+        Call.PLAN_STEPS: trainer.plan_steps,
     }[call]
 
 
@@ -59,6 +61,10 @@ class Ranks:
 
     def load(self, path: str) -> dict[str, Any]:
         return self._everywhere(Call.LOAD, path)
+
+    def plan_steps(self, total: int) -> None:
+        """Every rank's LR schedule plans for ``total`` steps."""
+        self._everywhere(Call.PLAN_STEPS, total)
 
     def stop(self) -> None:
         """Release the followers from ``follow``."""

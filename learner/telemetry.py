@@ -129,6 +129,7 @@ class LearnerTelemetry:
                 "entropy": result.entropy,
                 "skipped": result.skipped,
                 "step_seconds": round(result.seconds, 4),
+                "lr": result.lr,
                 "tokens": result.tokens,
                 "samples_on": len(batch.samples) - off,
                 **{k: round(v, 6) for k, v in stats.items()},

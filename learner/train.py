@@ -34,6 +34,7 @@ from learner.microbatch import (
 )
 from learner.objective import Objective, micro_batch_loss, token_losses
 from learner.policy import build_model
+from learner.schedule import lr_factor, warmup_steps
 
 log = logging.getLogger(__name__)
 
@@ -106,16 +107,23 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=lc.lr, betas=lc.betas, weight_decay=lc.weight_decay
         )
-        warmup = lc.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
-        )
+        self.total_steps = lc.max_steps  # rank 0 plans the real count (``plan_steps``)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.pad_id = int(getattr(self.model.lm.config, "pad_token_id", None) or 0)
         self.share_prompts = lc.share_prompts and not lc.activation_checkpointing
         if lc.share_prompts and lc.activation_checkpointing:
             log.info("learner.share_prompts is off: activation checkpointing drops the KV cache")
         self.step = 0
         self.skipped = 0
+
+    def plan_steps(self, total: int) -> None:
+        """The run's planned optimizer steps (its LR schedule ends there). Collective."""
+        self.total_steps = total
+
+    def _lr_factor(self, step: int) -> float:
+        lc = self.cfg.learner
+        warmup = warmup_steps(lc.warmup_steps, lc.warmup_ratio, self.total_steps)
+        return lr_factor(step, warmup, self.total_steps, lc.lr_schedule, lc.min_lr_ratio)
 
     # ---------------------------------------------------------------- the step
 

@@ -47,6 +47,7 @@ from learner.data import DataError, load_examples
 from learner.evaluation import EvalRounds
 from learner.feeder import Feeder
 from learner.objective import make_objective
+from learner.schedule import planned_steps
 from learner.startup import (
     generator_versions,
     load_training_data,
@@ -90,6 +91,13 @@ class LearnerWorker:
         self.examples, self.bad_rows = load_training_data(self.lc, self.objective)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         self.ranks = Ranks(Trainer(cfg, self.objective))
+        rows = len(self.examples)
+        if not self.objective.generates:  # SFT trains the rows with a trace
+            rows = sum(ex.target is not None for ex in self.examples)
+        self.total_steps = planned_steps(
+            self.lc.max_steps, self.lc.max_epochs, rows, self.lc.batch_prompts
+        )
+        self.ranks.plan_steps(self.total_steps)
         self.checkpoints = Checkpointing(
             self.ranks,
             str(cfg.run.run_dir / "checkpoints"),
@@ -195,7 +203,7 @@ class LearnerWorker:
     # ---------------------------------------------------------------- loop
 
     def _done(self) -> bool:
-        if self.ranks.step >= self.lc.max_steps:
+        if self.ranks.step >= self.total_steps:
             return True
         limit = self.lc.max_minutes
         return limit is not None and time.monotonic() - self.started > limit * 60
@@ -246,9 +254,9 @@ class LearnerWorker:
             self._receive(200)
             return True
         log.info(
-            "training done at step %d (max_steps %d, max_minutes %s)",
+            "training done at step %d (planned steps %d, max_minutes %s)",
             step,
-            self.lc.max_steps,
+            self.total_steps,
             self.lc.max_minutes,
         )
         self.ctx.stop.set()
@@ -368,7 +376,7 @@ class LearnerWorker:
         ranks = self.ranks
         return self.telemetry.status(
             step=ranks.step if ranks else 0,
-            max_steps=self.lc.max_steps,
+            max_steps=self.total_steps,
             mode=self.objective.mode,
             skipped=ranks.trainer.skipped if ranks else 0,
             bad_rows=self.bad_rows.count,

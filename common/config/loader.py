@@ -128,6 +128,38 @@ def _explain(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
     return ConfigError("\n".join(lines))
 
 
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_toml(file: Path, chain: tuple[Path, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A TOML file's tree and each key's source. A top-level ``extends = "base.toml"`` (path
+    relative to the file) starts from that file's tree: a baseline config states only how it
+    differs from the recipe it varies."""
+    if not file.is_file():
+        raise ConfigError(f"config file {str(file)!r} does not exist")
+    if file.resolve() in chain:
+        raise ConfigError(f"config file {str(file)!r} extends itself (through {chain[-1]})")
+    try:
+        tree = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from exc
+    base, sources = {}, {}
+    parent = tree.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError(f"config file {str(file)!r}: 'extends' must be a file name")
+        base, sources = _read_toml(file.parent / parent, (*chain, file.resolve()))
+    sources.update({k: f"file {file}" for k in _flatten(tree)})
+    return _merge(base, tree), sources
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: Sequence[str] = (),
@@ -139,14 +171,7 @@ def load_config(
     tree: dict[str, Any] = {}
     sources: dict[str, str] = {}
     if path:
-        file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"config file {str(file)!r} does not exist")
-        try:
-            tree = tomllib.loads(file.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from exc
-        sources.update({k: f"file {file}" for k in _flatten(tree)})
+        tree, sources = _read_toml(Path(path), ())
     for layer in (env_overrides(environ), cli_overrides(overrides)):
         for dotted, (raw, source) in layer.items():
             _set_dotted(tree, dotted, _parse_scalar(raw))

@@ -174,6 +174,17 @@ class LearnerConfig(_Section):
     """Peak learning rate (AdamW)."""
     warmup_steps: int = Field(default=0, ge=0)
     """Linear warm-up steps before the constant learning rate."""
+    warmup_ratio: float | None = Field(default=None, ge=0, le=1)
+    """Warm-up as a share of the planned steps instead of ``warmup_steps`` (LUFFY's SFT
+    baseline: 0.1)."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """After warm-up: constant (LUFFY's RL runs) or a cosine down to ``min_lr_ratio`` x lr at
+    the last planned step (OpenRLHF's ``cosine_with_min_lr``, LUFFY's SFT baseline)."""
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    """Where the cosine schedule ends, as a share of ``lr``."""
+    max_epochs: int | None = Field(default=None, ge=1)
+    """Stop after this many passes over the training rows (an SFT run: the rows with a
+    trace) if that comes before ``max_steps``; the LR schedule plans for the shorter."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
     weight_decay: float = Field(default=0.01, ge=0)

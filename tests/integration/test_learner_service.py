@@ -1,8 +1,10 @@
 """The learner with real Redis and real generator/verifier processes (hf engine, tiny model)."""
 
+import itertools
 import json
 
 import httpx
+import pytest
 
 from common.config import load_config
 from common.membership import list_members
@@ -276,3 +278,27 @@ def test_partial_prefixes_end_to_end(redis_url, run_name, tmp_path, tiny_model_d
         # 4 groups x (2 on-policy + 1 continued prefix + 1 whole trace): 4 continuations
         assert r["prefix_continued"] == 4
         assert 0 < r["off_token_share"] < 1
+
+
+def test_sft_recipe_runs_without_generators(redis_url, run_name, tmp_path, tiny_model_dir):
+    """LUFFY's SFT baseline as `luffy learner` alone: traces only, epochs cap the run, the LR
+    warms up over 0.1 of it and follows a cosine to 0.1 x lr."""
+    data = write_task(tmp_path / "train.jsonl", n=20)
+    args = learner_args(redis_url, run_name, tmp_path, tiny_model_dir, data)
+    sft = [
+        "--algorithm.mode", "sft", "--algorithm.loss_agg", "token_mean",
+        "--algorithm.entropy_coef", "0", "--learner.lr", "5e-5", "--learner.max_epochs", "2",
+        "--learner.warmup_ratio", "0.1", "--learner.lr_schedule", "cosine",
+        "--learner.max_steps", "1000",
+    ]  # fmt: skip
+    proc = spawn("-m", "services.learner", *args, *sft)
+    out = proc.output(timeout=400)
+    assert proc.returncode == 0, out[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / run_name / "metrics.jsonl").open()]
+    steps = [r for r in rows if r.get("kind") == "train"]
+    # 20 rows / batch 4 = 5 steps an epoch, 2 epochs: 10 steps; warm-up round(0.1 * 10) = 1
+    assert [r["step"] for r in steps] == list(range(1, 11))
+    lrs = [r["lr"] for r in steps]  # the LR after each step's update
+    assert lrs[0] == pytest.approx(5e-5) and lrs[-1] == pytest.approx(5e-6)
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    assert all(r["loss"] > 0 for r in steps)  # the NLL of the traces

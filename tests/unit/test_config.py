@@ -148,3 +148,42 @@ def test_replicas_writing_their_resolved_config_at_once_all_succeed(tmp_path):
     assert errors == []
     assert json.loads((tmp_path / "config.generator.json").read_text())["run"]["name"]
     assert [p.name for p in tmp_path.iterdir()] == ["config.generator.json"]
+
+
+def test_a_config_extends_a_base_and_a_cycle_is_refused(tmp_path):
+    (tmp_path / "base.toml").write_text("[learner]\nlr = 0.1\nmax_steps = 7\n")
+    (tmp_path / "child.toml").write_text('extends = "base.toml"\n[learner]\nlr = 0.2\n')
+    cfg = load_config(tmp_path / "child.toml", environ={})
+    assert (cfg.learner.lr, cfg.learner.max_steps) == (0.2, 7)
+    (tmp_path / "a.toml").write_text('extends = "b.toml"\n')
+    (tmp_path / "b.toml").write_text('extends = "a.toml"\n')
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(tmp_path / "a.toml", environ={})
+    (tmp_path / "lost.toml").write_text('extends = "gone.toml"\n')
+    with pytest.raises(ConfigError, match=r"gone\.toml' does not exist"):
+        load_config(tmp_path / "lost.toml", environ={})
+
+
+def test_the_baseline_configs_run_luffys_recipes():
+    def cfg(name):
+        return load_config(REPO / "configs" / f"qwen-7b-{name}.toml", environ={})
+
+    luffy, grpo, rl_sft, sft, sft_rl = (cfg(n) for n in ("gpu", "grpo", "rl-sft", "sft", "sft-rl"))
+    a = luffy.algorithm  # 8 samples, one the trace, shaping 0.1, no clip, LUFFY's scale
+    assert (a.mode, a.n_on + a.n_off, a.n_off, a.gamma, a.clip) == ("luffy", 8, 1, 0.1, False)
+    assert (a.loss_agg, a.luffy_ranks, a.max_response_len, a.entropy_coef) == (
+        "luffy", 8, 8192, 0.001,
+    )  # fmt: skip
+    assert (luffy.learner.batch_prompts, luffy.learner.micro_batch_tokens) == (64, 32768)
+    g = grpo.algorithm  # 8 on-policy samples, PPO clip 0.2 against the behaviour policy
+    assert (g.mode, g.n_on, g.n_off, g.clip, g.clip_eps, g.decoupled) == (
+        "grpo", 8, 0, True, 0.2, False,
+    )  # fmt: skip
+    r = rl_sft.algorithm
+    assert (r.mode, r.advantage, r.sft_coef, r.n_off) == ("rl_sft", "grpo_split", 1.0, 1)
+    s, sl = sft.algorithm, sft.learner
+    assert (s.mode, s.loss_agg, s.entropy_coef) == ("sft", "token_mean", 0.0)
+    assert (sl.lr, sl.warmup_ratio, sl.max_epochs, sl.batch_prompts) == (5e-5, 0.1, 3, 64)
+    assert sft_rl.algorithm == grpo.algorithm
+    assert sft_rl.learner.train_file.name == "openr1.complement.parquet"
+    assert sft_rl.model.path != luffy.model.path
