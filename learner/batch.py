@@ -97,6 +97,7 @@ class Sample:
     lag: int  # learner version - the oldest version a token was sampled with (policy_version)
     version_span: int = 0  # newest - oldest version among its tokens (0 within one version)
     prefix_len: int | None = None  # leading off-policy response tokens (default: all if off)
+    truncated: bool = False  # generated and cut by max_new_tokens (no EOS)
 
     def __post_init__(self) -> None:
         if self.prefix_len is None:
@@ -146,6 +147,9 @@ def build_batch(
     off = torch.tensor([s.rollout.off_policy for _, s in rows])
     baseline = ~off if algo.advantage == "grpo_split" else torch.ones_like(off)
     adv = group_advantages(rewards, group_ids, baseline, algo.std_normalize, algo.eps)
+    cut = torch.tensor([_truncated(s) for _, s in rows])
+    if algo.truncated_advantage == "zero":  # LUFFY's disable_truncation_advantage
+        adv = torch.where(cut, torch.zeros_like(adv), adv)
     samples = [_sample(s, float(a), version) for (_, s), a in zip(rows, adv.tolist(), strict=True)]
     stale_kept = sum(_stale(g, version, algo.max_off_policy_steps) for g in kept)
     stats = {
@@ -160,10 +164,31 @@ def build_batch(
         # LUFFY's partial prefixes: samples that continued a trace prefix, and the share of
         # the batch's response tokens that are off-policy
         "prefix_continued": float(sum(0 < s.prefix_len < s.response_len for s in samples)),
+        # responses cut by max_new_tokens: their share, reward, and how many pushed up
+        **_truncation_stats(cut, rewards, adv, off),
         "off_token_share": sum(s.prefix_len for s in samples)
         / max(1, sum(s.response_len for s in samples)),
     }
     return TrainBatch(samples, len(kept), stats), dropped
+
+
+def _truncated(scored: ScoredRollout) -> bool:
+    return scored.rollout.generated and scored.rollout.finish_reason == "length"
+
+
+def _truncation_stats(
+    cut: torch.Tensor, rewards: torch.Tensor, adv: torch.Tensor, off: torch.Tensor
+) -> dict[str, float]:
+    """Over on-policy samples: the share cut by the length cap, their mean reward, and the
+    share of all on-policy samples that are cut yet get a positive advantage."""
+    on = ~off
+    n_on = max(1, int(on.sum()))
+    cut_on = cut & on
+    return {
+        "truncated_share": float(cut_on.sum()) / n_on,
+        "truncated_reward_mean": float(rewards[cut_on].mean()) if cut_on.any() else 0.0,
+        "truncated_pushed_share": float((cut_on & (adv > 0)).sum()) / n_on,
+    }
 
 
 def _mean(values: list[int]) -> float:
@@ -184,6 +209,7 @@ def _sample(scored: ScoredRollout, adv: float, version: int) -> Sample:
         lag=version - r.policy_version if generated else 0,
         version_span=r.version_max - r.policy_version if generated else 0,
         prefix_len=r.prefix_len,
+        truncated=_truncated(scored),
     )
 
 

@@ -93,20 +93,24 @@ def prompt_key(sample: Sample) -> tuple[int, ...]:
 def _token_fields(samples: list[Sample], device: torch.device) -> dict[str, torch.Tensor]:
     """[T] per-response-token tensors: targets, behaviour log-probs, advantages, ``off`` (the
     token is off-policy: within its sample's trace prefix) and ``off_seq`` (its sample has
-    one: LUFFY's sequence-level mask, ``prefix_mask.any(-1)``)."""
-    targets, behav, adv, off, off_seq = [], [], [], [], []
+    one: LUFFY's sequence-level mask, ``prefix_mask.any(-1)``) and ``fresh`` (a generated token
+    of a sample with lag 0: where learner and generator log-probs should agree)."""
+    targets, behav, adv, off, off_seq, fresh = [], [], [], [], [], []
     for s in samples:
         targets += s.input_ids[s.prompt_len :]
         behav += s.behav_logprobs
         adv += [s.advantage] * s.response_len
-        off += [True] * s.prefix_len + [False] * (s.response_len - s.prefix_len)
+        generated = s.response_len - s.prefix_len
+        off += [True] * s.prefix_len + [False] * generated
         off_seq += [s.off_policy] * s.response_len
+        fresh += [False] * s.prefix_len + [s.lag == 0] * generated
     return {
         "targets": torch.tensor(targets, dtype=torch.long, device=device),
         "behav": torch.tensor(behav, dtype=torch.float32, device=device),
         "adv": torch.tensor(adv, dtype=torch.float32, device=device),
         "off": torch.tensor(off, dtype=torch.bool, device=device),
         "off_seq": torch.tensor(off_seq, dtype=torch.bool, device=device),
+        "fresh": torch.tensor(fresh, dtype=torch.bool, device=device),
     }
 
 

@@ -63,6 +63,13 @@ class LearnerTelemetry:
         self.m_grad = m.gauge("grad_norm_value", "Gradient norm before clipping")
         self.m_lr = m.gauge("lr_value", "Learning rate")
         self.m_lag = m.gauge("version_lag_steps", "Largest policy lag in the last batch")
+        self.m_diag = m.gauge(
+            "update_diagnostic_value",
+            "Per-step update diagnostics: truncated_share, mismatch_k1, mismatch_k3, "
+            "is_weight_mean, is_capped_share, eos_prob_mean (see learner.diagnostics)",
+            ["what"],
+        )
+        self.m_clipped = m.counter("grad_clipped_total", "Steps whose gradient norm was clipped")
         self.m_sync_s = m.histogram("sync_seconds", "Weight push time (announce to acks)")
         self.m_syncs = m.counter("syncs_total", "Weight pushes, by result", ["result"])
         m.gauge_fn("policy_version", "Policy version last pushed", self.version)
@@ -121,6 +128,12 @@ class LearnerTelemetry:
             key = f"reward_{kind}_mean" if kind else "reward_mean"
             self.m_reward.labels(kind or "all").set(stats.get(key, 0.0))
         self.m_lag.set(stats.get("lag_max", 0.0))
+        diag = {"truncated_share": stats.get("truncated_share", 0.0), **result.diagnostics}
+        for what, value in diag.items():
+            if what != "grad_clipped":
+                self.m_diag.labels(what).set(value)
+        if result.diagnostics.get("grad_clipped"):
+            self.m_clipped.inc()
         self.write_row(
             {
                 "kind": "train",
@@ -132,7 +145,9 @@ class LearnerTelemetry:
                 "lr": result.lr,
                 "tokens": result.tokens,
                 "samples_on": len(batch.samples) - off,
+                "grad_norm": round(result.grad_norm, 6),
                 **{k: round(v, 6) for k, v in stats.items()},
+                **{k: round(v, 6) for k, v in result.diagnostics.items()},
             }
         )
         log.info(

@@ -25,6 +25,8 @@ import torch.distributed as dist
 from common.config import Config
 from learner.batch import Sample, TrainBatch
 from learner.checkpoint import load_checkpoint, save_checkpoint, write_hf_folder
+from learner.diagnostics import FIELDS as DIAGNOSTICS
+from learner.diagnostics import summarize, token_sums
 from learner.microbatch import (
     collate,
     collate_shared,
@@ -90,6 +92,7 @@ class StepResult:
     tokens: int = 0
     seconds: float = 0.0
     lr: float = 0.0
+    diagnostics: dict[str, float] = field(default_factory=dict)
 
 
 class Trainer:
@@ -110,6 +113,8 @@ class Trainer:
         self.total_steps = lc.max_steps  # rank 0 plans the real count (``plan_steps``)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.pad_id = int(getattr(self.model.lm.config, "pad_token_id", None) or 0)
+        eos = getattr(self.model.lm.config, "eos_token_id", None)
+        self.eos_id = int(eos[0] if isinstance(eos, list) else eos if eos is not None else -1)
         self.share_prompts = lc.share_prompts and not lc.activation_checkpointing
         if lc.share_prompts and lc.activation_checkpointing:
             log.info("learner.share_prompts is off: activation checkpointing drops the KV cache")
@@ -133,12 +138,14 @@ class Trainer:
         plan = self._plan(samples)[self.rank]
         n_tokens = sum(s.response_len for s in samples)
         denom = self.objective.denominator(len(samples), n_tokens)
-        totals = torch.zeros(6, dtype=torch.float64)  # on, off, sft, entropy sum, tokens, loss
+        # on, off, sft, entropy sum, tokens, loss, then the diagnostics' sums
+        totals = torch.zeros(6 + len(DIAGNOSTICS), dtype=torch.float64)
         self.model.train()
         for micro in plan:
             totals += self._micro_step([samples[i] for i in micro], denom, max(1, n_tokens))
         dist.all_reduce(totals, group=self.control)
         grad_norm = self._grad_norm()
+        diagnostics = summarize(totals[6:], grad_norm, self.cfg.learner.grad_clip)
         loss = float(totals[5])
         entropy = float(totals[3]) / max(1.0, float(totals[4]))
         skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
@@ -161,6 +168,7 @@ class Trainer:
             tokens=int(totals[4]),
             seconds=time.perf_counter() - started,
             lr=self.scheduler.get_last_lr()[0],
+            diagnostics=diagnostics,
         )
 
     def _plan(self, samples: list[Sample]) -> list[list[list[int]]]:
@@ -186,18 +194,14 @@ class Trainer:
         loss = micro_batch_loss(self.objective, parts, entropy, batch["off_seq"], denom, n_tokens)
         # FSDP averages gradients over ranks: scale so the sum over ranks is the step's loss
         (loss * self.world).backward()
+        cap = self.objective.on_policy.is_cap if self.objective.on_policy else 2.0
+        sums = token_sums(
+            logp, batch["behav"], batch["off"], batch["fresh"], batch["targets"], self.eos_id, cap
+        )
         with torch.no_grad():
-            return torch.tensor(
-                [
-                    float(parts["on"].sum()),
-                    float(parts["off"].sum()),
-                    float(parts["sft"].sum()),
-                    float(entropy.sum()),
-                    float(logp.numel()),
-                    float(loss),
-                ],
-                dtype=torch.float64,
-            )
+            head = [parts["on"].sum(), parts["off"].sum(), parts["sft"].sum(), entropy.sum()]
+            head = [float(x) for x in head] + [float(logp.numel()), float(loss)]
+            return torch.cat([torch.tensor(head, dtype=torch.float64), sums])
 
     def _grad_norm(self) -> float:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.learner.grad_clip)

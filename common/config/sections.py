@@ -279,6 +279,10 @@ class AlgorithmConfig(_Section):
     """Entropy bonus coefficient (LUFFY: 0.001)."""
     sft_coef: float = Field(default=1.0, ge=0)
     """Weight of the NLL loss on traces in ``rl_sft`` mode."""
+    truncated_advantage: Literal["keep", "zero"] = "keep"
+    """An on-policy response cut by ``max_new_tokens`` (no EOS): keep its advantage, or set it
+    to 0 (LUFFY's ``disable_truncation_advantage``) so a right answer followed by text that
+    never stops does not teach the policy to stop less."""
     max_off_policy_steps: int = Field(default=1, ge=0)
     """Largest accepted policy lag of a rollout; also bounds groups in flight (0 = synchronous)."""
     stale: Literal["drop", "correct"] = "correct"
