@@ -143,12 +143,15 @@ def build_batch(
     if not rows:
         return TrainBatch([], 0, {"stale_dropped": float(len(dropped))}), dropped
     rewards = torch.tensor([s.reward for _, s in rows], dtype=torch.float32)
+    cut = torch.tensor([_truncated(s) for _, s in rows])
+    scored_rewards = rewards.clone()
+    if algo.truncated == "wrong":  # never stopping is a failure, whatever came before the cap
+        rewards = torch.where(cut, torch.zeros_like(rewards), rewards)
     group_ids = torch.tensor([gid for gid, _ in rows], dtype=torch.long)
     off = torch.tensor([s.rollout.off_policy for _, s in rows])
     baseline = ~off if algo.advantage == "grpo_split" else torch.ones_like(off)
     adv = group_advantages(rewards, group_ids, baseline, algo.std_normalize, algo.eps)
-    cut = torch.tensor([_truncated(s) for _, s in rows])
-    if algo.truncated_advantage == "zero":  # LUFFY's disable_truncation_advantage
+    if algo.truncated == "zero_advantage":  # LUFFY's disable_truncation_advantage
         adv = torch.where(cut, torch.zeros_like(adv), adv)
     samples = [_sample(s, float(a), version) for (_, s), a in zip(rows, adv.tolist(), strict=True)]
     stale_kept = sum(_stale(g, version, algo.max_off_policy_steps) for g in kept)
@@ -165,7 +168,7 @@ def build_batch(
         # the batch's response tokens that are off-policy
         "prefix_continued": float(sum(0 < s.prefix_len < s.response_len for s in samples)),
         # responses cut by max_new_tokens: their share, reward, and how many pushed up
-        **_truncation_stats(cut, rewards, adv, off),
+        **_truncation_stats(cut, scored_rewards, adv, off),
         "off_token_share": sum(s.prefix_len for s in samples)
         / max(1, sum(s.response_len for s in samples)),
     }

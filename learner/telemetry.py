@@ -66,7 +66,7 @@ class LearnerTelemetry:
         self.m_diag = m.gauge(
             "update_diagnostic_value",
             "Per-step update diagnostics: truncated_share, mismatch_k1, mismatch_k3, "
-            "is_weight_mean, is_capped_share, eos_prob_mean (see learner.diagnostics)",
+            "behav_k3, is_weight_mean, is_capped_share, eos_prob_mean (see learner.diagnostics)",
             ["what"],
         )
         self.m_clipped = m.counter("grad_clipped_total", "Steps whose gradient norm was clipped")

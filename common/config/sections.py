@@ -279,10 +279,11 @@ class AlgorithmConfig(_Section):
     """Entropy bonus coefficient (LUFFY: 0.001)."""
     sft_coef: float = Field(default=1.0, ge=0)
     """Weight of the NLL loss on traces in ``rl_sft`` mode."""
-    truncated_advantage: Literal["keep", "zero"] = "keep"
-    """An on-policy response cut by ``max_new_tokens`` (no EOS): keep its advantage, or set it
-    to 0 (LUFFY's ``disable_truncation_advantage``) so a right answer followed by text that
-    never stops does not teach the policy to stop less."""
+    truncated: Literal["keep", "zero_advantage", "wrong"] = "keep"
+    """An on-policy response cut by ``max_new_tokens`` (no EOS): ``keep`` the verifier's reward;
+    ``zero_advantage`` (LUFFY's ``disable_truncation_advantage``): it teaches nothing;
+    ``wrong``: its reward is 0 before the advantages, so a right answer followed by text that
+    never stops is pushed down, not up (see bench/README.md, issue #18)."""
     max_off_policy_steps: int = Field(default=1, ge=0)
     """Largest accepted policy lag of a rollout; also bounds groups in flight (0 = synchronous)."""
     stale: Literal["drop", "correct"] = "correct"

@@ -106,6 +106,10 @@ def test_grafana_dashboard_has_the_panels_users_need():
         "policy lag",
         "sync",
         "verifier statuses",
+        "truncated responses",
+        "mismatch",
+        "importance weights",
+        "grad clip rate",
     ):
         assert topic in titles, topic
     provisioning = yaml.safe_load(

@@ -84,3 +84,12 @@ def test_select_sources_then_limit():
     assert len(select(examples, EvalOptions(limit=4))) == 4
     with pytest.raises(DataError, match=r"unknown data source\(s\) c; the file has \['a', 'b'\]"):
         select(examples, EvalOptions(sources=("c",)))
+
+
+def test_each_held_out_prompt_samples_with_its_own_seed():
+    from learner.evaluation import eval_seed
+
+    seeds = [eval_seed(40, i) for i in range(64)]
+    assert len(set(seeds)) == 64  # one seed a round made its prompts pass or fail together
+    assert seeds == [eval_seed(40, i) for i in range(64)]  # reproducible
+    assert eval_seed(60, 0) != eval_seed(40, 0)
