@@ -205,7 +205,9 @@ def test_generator_killed_mid_broadcast_is_dropped_and_rejoins(
         killer.join()
         assert result.ok and "survivor" in result.members and "victim" in result.failed, result
         assert elapsed < 2 * 20, elapsed
-        assert "victim" in broadcaster.excluded
+        # left out: excluded for a while (alive but mute) or silent until it beats again (its
+        # heartbeat stopped), depending on whether the push saw the heartbeat stop first
+        assert "victim" in broadcaster.excluded or "victim" in broadcaster.silent
         victim.wait()
         broadcaster.excluded.clear()  # the exclusion would lapse on its own; the test is short
         reborn = spawn("-m", "services.generator", *common, "--generator.id", "victim")
