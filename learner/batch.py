@@ -97,7 +97,6 @@ class Sample:
     lag: int  # learner version - the oldest version a token was sampled with (policy_version)
     version_span: int = 0  # newest - oldest version among its tokens (0 within one version)
     prefix_len: int | None = None  # leading off-policy response tokens (default: all if off)
-    truncated: bool = False  # generated and cut by max_new_tokens (no EOS)
 
     def __post_init__(self) -> None:
         if self.prefix_len is None:
@@ -212,7 +211,6 @@ def _sample(scored: ScoredRollout, adv: float, version: int) -> Sample:
         lag=version - r.policy_version if generated else 0,
         version_span=r.version_max - r.policy_version if generated else 0,
         prefix_len=r.prefix_len,
-        truncated=_truncated(scored),
     )
 
 

@@ -159,9 +159,17 @@ class Feeder:
         n_off = self.n_off if with_trace else 0
         prefixes, whole = self._prefixes(task_id, trace, n_off)
         task = Task(
-            task_id, ex.id, ids, self.n_on, sampling, ex.answer, 0, ex.data_source, time.time()
+            task_id,
+            ex.id,
+            ids,
+            self.n_on,
+            sampling,
+            ex.answer,
+            0,
+            ex.data_source,
+            time.time(),
+            prefixes=prefixes,
         )
-        task.prefixes = [np.asarray(p, dtype=np.int32) for p in prefixes]
         first = self.n_on + len(prefixes)  # the generator numbers its prefix samples before
         traces = [self._trace(task, ex, trace, words, j, first + j) for j in range(whole)]
         return FedTask(task_id, index, self.n_on, n_off), task, traces

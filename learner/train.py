@@ -194,9 +194,14 @@ class Trainer:
         loss = micro_batch_loss(self.objective, parts, entropy, batch["off_seq"], denom, n_tokens)
         # FSDP averages gradients over ranks: scale so the sum over ranks is the step's loss
         (loss * self.world).backward()
-        cap = self.objective.on_policy.is_cap if self.objective.on_policy else 2.0
         sums = token_sums(
-            logp, batch["behav"], batch["off"], batch["fresh"], batch["targets"], self.eos_id, cap
+            logp,
+            batch["behav"],
+            batch["off"],
+            batch["fresh"],
+            batch["targets"],
+            self.eos_id,
+            self.cfg.algorithm.is_cap,
         )
         with torch.no_grad():
             head = [parts["on"].sum(), parts["off"].sum(), parts["sft"].sum(), entropy.sum()]
