@@ -9,9 +9,17 @@
    the bucket broadcasts), the load into the live engine, and the learner's end-to-end push
    (announce, transfer, load, ack).
 
-    .venv/bin/python bench/generator.py [--rounds 3] [--pushes 9]
+3. Scheduling: a continuous and a batch `luffy generator` process (vllm, the tiny model, at
+   most 64 sequences in flight either way) on the same workloads, interleaved: ``long_tail``
+   (9 in 10 tasks stop at a tenth of the 240-token cap, one in 10 runs to it) and ``uniform``
+   (every task to a quarter of the cap); completion tokens/s from publishing the tasks to
+   their last rollout, and the engine's occupancy (sequences running per decode step over the
+   capacity) over the same span.
 
-Target (issue #4): weight-sync transfer <= 1.2 x the raw broadcast.
+    .venv/bin/python bench/generator.py [--rounds 3] [--pushes 9] [--tasks 64] [--only scheduling]
+
+Targets: weight-sync transfer <= 1.2 x the raw broadcast (issue #4); continuous >= 1.5 x
+batch tokens/s on ``long_tail`` and no loss on ``uniform`` (issue #19).
 """
 
 from __future__ import annotations
@@ -19,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -32,6 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # this file shares its name with a package: import the package, not the script
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from common.machine import describe  # noqa: E402
+
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
@@ -202,29 +211,151 @@ def weight_sync(model_dir: Path, pushes: int, engine: str = "vllm") -> dict:
     }
 
 
+def _generator_proc(model_dir: Path, run: str, out_dir: str, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable, "-m", "services.generator",
+            "--run.name", run, "--run.output_dir", out_dir, "--model.path", str(model_dir),
+            "--generator.id", "bench", "--generator.max_model_len", "512",
+            "--run.log_level", "WARNING", *flags,
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _workload(kind: str, count: int, cap: int, round_: int, n: int = 4) -> list:
+    """``count`` tasks of ``n`` samples. long_tail: 9 in 10 tasks may run to a tenth of the
+    cap, one in 10 to the cap (a random tiny model rarely samples EOS: lengths follow the
+    limits); uniform: every task to a quarter of the cap."""
+    import random
+
+    from common.schemas import Sampling, Task
+
+    rng = random.Random(round_)
+    tasks = []
+    for i in range(count):
+        limit = (cap if rng.random() < 0.1 else cap // 10) if kind == "long_tail" else cap // 4
+        prompt = [5 + rng.randrange(400) for _ in range(8)]
+        sampling = Sampling(1.0, 1.0, limit, 1000 * round_ + i)
+        tasks.append(Task(f"{kind}-{round_}-{i}", f"p{i}", prompt, n, sampling, "0"))
+    return tasks
+
+
+def _run_workload(resilient, keys, port: int, tasks: list) -> dict:
+    import httpx
+
+    from common.schemas import decode_rollout, encode_task
+    from common.transport import StreamPublisher
+
+    def load() -> dict:
+        return httpx.get(f"http://127.0.0.1:{port}/status").json()["engine_load"]
+
+    before, seen = load(), resilient.client.xlen(keys.stream("rollouts"))
+    want = seen + sum(t.n for t in tasks)
+    start = time.perf_counter()
+    StreamPublisher(resilient, keys, "prompts").publish(
+        [(t.task_id, encode_task(t)) for t in tasks]
+    )
+    while resilient.client.xlen(keys.stream("rollouts")) < want:
+        time.sleep(0.01)
+    wall = time.perf_counter() - start
+    after = load()
+    entries = resilient.client.xrange(keys.stream("rollouts"))[seen:]
+    tokens = sum(len(decode_rollout(f[b"d"]).completion_ids) for _, f in entries)
+    running = after["running_steps"] - before["running_steps"]
+    capacity = after["capacity_steps"] - before["capacity_steps"]
+    return {
+        "tokens_per_s": tokens / wall,
+        "occupancy": running / max(1, capacity),
+        "tokens": tokens,
+    }
+
+
+def scheduling(model_dir: Path, rounds: int, count: int, cap: int = 240) -> dict:
+    """Continuous vs batch scheduling: one generator process each (same engine, 64 sequences
+    at most in flight: 16 tasks x 4 samples per batch), the same workloads, interleaved."""
+    from common.config import RedisConfig
+    from common.membership import list_members
+    from common.transport import Keys, Resilient, delete_run_keys
+
+    resilient = Resilient.from_config(RedisConfig())
+    out_dir, procs, keys = tempfile.mkdtemp(), {}, {}
+    for mode in ("batch", "continuous"):
+        keys[mode] = Keys(f"bench-sched-{mode}-{uuid.uuid4().hex[:8]}")
+        flags = ["--generator.scheduling", mode, "--generator.max_batch_tasks", "16",
+                 "--generator.max_inflight_sequences", "64"]  # fmt: skip
+        procs[mode] = _generator_proc(model_dir, keys[mode].run, out_dir, *flags)
+    runs: dict = {w: {m: [] for m in procs} for w in ("long_tail", "uniform")}
+    try:
+        ports = {}
+        for mode, proc in procs.items():
+            while not (members := list_members(resilient, keys[mode], "generator")):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the {mode} generator died while starting")
+                time.sleep(0.2)
+            ports[mode] = members[0]["port"]
+            _run_workload(resilient, keys[mode], ports[mode], _workload("uniform", 8, 32, 99))
+        for r in range(rounds):  # interleaved: the machine's drift hits both modes alike
+            for workload in runs:
+                for mode in procs:
+                    tasks = _workload(workload, count, cap, r)
+                    runs[workload][mode].append(
+                        _run_workload(resilient, keys[mode], ports[mode], tasks)
+                    )
+    finally:
+        for mode, proc in procs.items():
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+            delete_run_keys(resilient.client, keys[mode])
+    return {w: _scheduling_summary(by_mode) for w, by_mode in runs.items()}
+
+
+def _scheduling_summary(by_mode: dict) -> dict:
+    med = {
+        m: {k: statistics.median(r[k] for r in rs) for k in ("tokens_per_s", "occupancy")}
+        for m, rs in by_mode.items()
+    }
+    return {
+        **{f"{m}_{k}": round(v, 3) for m, d in med.items() for k, v in d.items()},
+        "continuous_vs_batch": round(
+            med["continuous"]["tokens_per_s"] / med["batch"]["tokens_per_s"], 2
+        ),
+        "runs": {
+            m: [{k: round(v, 3) for k, v in r.items()} for r in rs] for m, rs in by_mode.items()
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pushes", type=int, default=9)
+    parser.add_argument("--tasks", type=int, default=64, help="tasks per scheduling workload")
+    parser.add_argument("--only", choices=["scheduling"], help="run one part (default: every part)")
     args = parser.parse_args()
     from common.config import TinyModelConfig
     from services.demo.tiny_model import build_tiny_model
 
+    big_shape = TinyModelConfig(
+        hidden_size=1024, num_layers=4, num_heads=16, num_kv_heads=8, intermediate_size=2816
+    )
     with tempfile.TemporaryDirectory() as tmp:
         small = build_tiny_model(Path(tmp) / "small", TinyModelConfig(), seed=0)
-        big_shape = TinyModelConfig(
-            hidden_size=1024, num_layers=4, num_heads=16, num_kv_heads=8, intermediate_size=2816
-        )
-        big = build_tiny_model(Path(tmp) / "big", big_shape, seed=0)
-        sync = {engine: weight_sync(big, args.pushes, engine) for engine in ("vllm", "hf")}
-        speed = throughput(small, args.rounds)
+        parts = {"scheduling": scheduling(small, args.rounds, args.tasks)}
+        if not args.only:
+            big = build_tiny_model(Path(tmp) / "big", big_shape, seed=0)
+            parts["weight_sync"] = {e: weight_sync(big, args.pushes, e) for e in ("vllm", "hf")}
+            parts["throughput"] = throughput(small, args.rounds)
     result = {
         "bench": "generator",
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+        "machine": describe(),
         "date": time.strftime("%Y-%m-%d"),
-        "throughput": speed,
-        "weight_sync": sync,
-        "target": "weight-sync transfer <= 1.2 x raw broadcast",
+        **parts,
+        "targets": {
+            "weight_sync": "transfer <= 1.2 x raw broadcast",
+            "scheduling": "continuous >= 1.5 x batch tokens/s on long_tail, >= 1.0 on uniform",
+        },
     }
     print(json.dumps(result, indent=2))
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from common.machine import describe  # noqa: E402
+
 SETTINGS = {  # name -> (share_prompts, keep_freed_memory)
     "rows": (False, False),
     "rows+keep_freed": (False, True),
@@ -132,7 +133,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "learner",
-                "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+                "machine": describe(),
                 "date": time.strftime("%Y-%m-%d"),
                 "batch": "8 prompts x 8 samples, responses <= 40 tokens, 1 thread",
                 "step_s": {k: round(v, 4) for k, v in step_s.items()},

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -26,6 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from common.machine import describe  # noqa: E402
+
 REACH, FLOOR, WITHIN_MIN, GRPO_MAX = 0.9, 0.85, 5.0, 0.05
 GRPO = ["--algorithm.n_on", "8", "--algorithm.advantage", "grpo", "--algorithm.decoupled",
         "false", "--algorithm.clip", "true"]  # fmt: skip
@@ -159,7 +159,7 @@ def main() -> None:
     )
     report = {
         "bench": "luffy_vs_grpo",
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+        "machine": describe(),
         "date": time.strftime("%Y-%m-%d"),
         "seeds": seeds,
         "luffy_steps": args.steps,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -30,6 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from common.machine import describe  # noqa: E402
+
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 N, MAX_TOKENS = 8, 40
 
@@ -216,7 +217,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "overhead",
-                "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+                "machine": describe(),
                 "date": time.strftime("%Y-%m-%d"),
                 "prompts": args.prompts,
                 "samples_per_prompt": N,

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import threading
@@ -28,6 +26,7 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from common.machine import describe  # noqa: E402
 
 
 def generator_busy_seconds(cfg_redis_url: str, run: str, stop: threading.Event, out: dict) -> None:
@@ -129,7 +128,7 @@ def main() -> None:
     sync = max(modes["sync_all_threads"]["samples_per_s"], modes["sync"]["samples_per_s"])
     report = {
         "bench": "pipeline",
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+        "machine": describe(),
         "date": time.strftime("%Y-%m-%d"),
         "steps": args.steps,
         "modes": modes,

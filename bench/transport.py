@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 import uuid
@@ -26,6 +25,7 @@ import numpy as np
 import redis
 
 from common.config import RedisConfig
+from common.machine import describe
 from common.schemas import Rollout, decode_rollout, encode_rollout
 from common.transport import (
     Keys,
@@ -165,7 +165,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "transport",
-                "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
+                "machine": describe(),
                 "date": time.strftime("%Y-%m-%d"),
                 "batch": BATCH,
                 "results": results,

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import signal
 import statistics
@@ -37,6 +35,8 @@ from common.transport import Keys, Resilient, StreamPublisher, delete_run_keys
 REPO = Path(__file__).resolve().parents[1]
 # this file shares its name with a package: import the package, not the script
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from common.machine import describe  # noqa: E402
+
 FORMS = [
     ("\\boxed{{{a}}}", "{a}"),
     ("\\boxed{{\\frac{{{a}}}{{{b}}}}}", "{a}/{b}"),
@@ -168,7 +168,7 @@ def main() -> None:
     raw, one, two = (statistics.median(runs[k]) for k in ("raw", "one", "two"))
     result = {
         "bench": "verifier",
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+        "machine": describe(),
         "date": time.strftime("%Y-%m-%d"),
         "answers": len(answers),
         "raw_scored_per_s": round(raw, 1),

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+from common.machine import describe  # noqa: E402
+
 PROMPTS, GROUP, MAX_TOKENS = 8, 8, 40
 
 
@@ -193,7 +194,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "vs_trl",
-                "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cpus",
+                "machine": describe(),
                 "date": time.strftime("%Y-%m-%d"),
                 "matched": {
                     "prompts_per_step": PROMPTS,

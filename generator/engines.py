@@ -45,6 +45,9 @@ class Completion:
     logprobs: list[float]
     finish_reason: str  # stop | length | abort
     text: str
+    # (version, start, end): completion tokens [start, end) were sampled with that policy
+    # version; empty when the engine does not label versions (the served one applies)
+    versions: tuple[tuple[int, int, int], ...] = ()
 
 
 class Engine(Protocol):
@@ -67,7 +70,31 @@ class Engine(Protocol):
         """How many ranks this engine contributes to the weight-sync group."""
         ...
 
+    def label_version(self, version: int) -> None:
+        """Tokens sampled from now on are tagged with ``version`` (``Completion.versions``;
+        an engine that does not tag leaves them empty)."""
+        ...
+
     def close(self) -> None: ...
+
+
+class StreamingEngine(Engine, Protocol):
+    """An engine with a step loop (continuous scheduling): requests join and leave between
+    steps, and a weight push may land between two steps with requests in flight."""
+
+    def submit(self, key: str, request: GenRequest) -> None:
+        """Start ``request``; its completions come back from ``step`` under ``key``."""
+        ...
+
+    def step(self) -> list[tuple[str, list[Completion]]]:
+        """Run one engine step; returns the requests that finished in it (all n samples)."""
+        ...
+
+    def abort(self, keys: list[str]) -> None: ...
+
+    def unfinished(self) -> int:
+        """Requests submitted and not yet returned by ``step``."""
+        ...
 
 
 # --------------------------------------------------------------------------- vLLM
@@ -112,6 +139,8 @@ class VllmEngine:
         self.max_model_len = int(model_config.max_model_len)
         self.vocab_size = int(model_config.get_vocab_size())
         self.workers = int(self.llm.llm_engine.vllm_config.parallel_config.world_size)
+        self._open: set[str] = set()  # streaming requests not yet finished
+        self.label_version(0)
         log.info(
             "vLLM engine ready in %.1fs (%s)",
             time.perf_counter() - started,
@@ -119,32 +148,48 @@ class VllmEngine:
         )
 
     def generate(self, requests: list[GenRequest]) -> list[list[Completion]]:
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
-        params = [
-            SamplingParams(
-                n=r.n,
-                temperature=r.sampling.temperature,
-                top_p=r.sampling.top_p,
-                max_tokens=r.sampling.max_new_tokens,
-                logprobs=0,
-                seed=r.sampling.seed,
-                # vLLM's incremental detokenizer also decodes every log-prob token: ~10% of
-                # the generator's time on the tiny model; one batch decode at the end is cheaper
-                detokenize=False,
-            )
-            for r in requests
-        ]
+        params = [_vllm_params(r) for r in requests]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        completions = [c for out in outputs for c in out.outputs]
+        return self._completions([out.outputs for out in outputs])
+
+    def _completions(self, outputs: list[list[Any]]) -> list[list[Completion]]:
+        """vLLM completion outputs -> ours, decoded in one batch call."""
+        flat = [c for out in outputs for c in out]
         texts = iter(
-            self.tokenizer.batch_decode(
-                [list(c.token_ids) for c in completions], skip_special_tokens=True
-            )
+            self.tokenizer.batch_decode([list(c.token_ids) for c in flat], skip_special_tokens=True)
         )
-        return [[_vllm_sample(c, next(texts)) for c in out.outputs] for out in outputs]
+        return [[_vllm_sample(c, next(texts)) for c in out] for out in outputs]
+
+    # ------------------------------------------------------------ the step loop (streaming)
+
+    def submit(self, key: str, request: GenRequest) -> None:
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        params = _vllm_params(request)
+        params.output_kind = RequestOutputKind.FINAL_ONLY  # one output when all n are done
+        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
+        self.llm.llm_engine.add_request(key, prompt, params)
+        self._open.add(key)
+
+    def step(self) -> list[tuple[str, list[Completion]]]:
+        done = [out for out in self.llm.llm_engine.step() if out.finished]
+        self._open.difference_update(out.request_id for out in done)
+        comps = self._completions([out.outputs for out in done])
+        return [(out.request_id, c) for out, c in zip(done, comps, strict=True)]
+
+    def abort(self, keys: list[str]) -> None:
+        self.llm.llm_engine.abort_request(list(keys))
+        self._open.difference_update(keys)
+
+    def unfinished(self) -> int:
+        return len(self._open)
+
+    def label_version(self, version: int) -> None:
+        self.llm.llm_engine.set_weight_version(str(version))
 
     def sync_ranks(self) -> int:
         return self.workers
@@ -162,9 +207,12 @@ class VllmEngine:
         started = time.perf_counter()
         # vLLM caches prompt blocks by token ids (prefix caching is on by default): without a
         # reset, a prompt seen before the push keeps its old-weight keys/values and every
-        # sample of it mixes versions (seen: log-probs 0.28 off for a 300-token prompt)
-        if not self.llm.reset_prefix_cache():
-            raise RuntimeError("vLLM refused to reset its prefix cache (requests still running)")
+        # sample of it mixes versions (seen: log-probs 0.28 off for a 300-token prompt).
+        # Requests in flight (continuous scheduling) are preempted by the reset and resume
+        # with their prompt + tokens so far recomputed under the new weights: each later token
+        # is sampled from, and its log-prob is, the new policy's, as the learner assumes.
+        if not self.llm.reset_prefix_cache(reset_running_requests=True):
+            raise RuntimeError("vLLM refused to reset its prefix cache")
         timing["reset_s"] = time.perf_counter() - started
         timing["total_s"] += timing["reset_s"]
         return timing
@@ -173,13 +221,36 @@ class VllmEngine:
         self.llm = None
 
 
+def _vllm_params(r: GenRequest) -> Any:
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=r.n,
+        temperature=r.sampling.temperature,
+        top_p=r.sampling.top_p,
+        max_tokens=r.sampling.max_new_tokens,
+        logprobs=0,
+        seed=r.sampling.seed,
+        # vLLM's incremental detokenizer also decodes every log-prob token: ~10% of the
+        # generator's time on the tiny model; one batch decode at the end is cheaper
+        detokenize=False,
+    )
+
+
 def _vllm_sample(completion: Any, text: str) -> Completion:
     ids = list(completion.token_ids)
     logprobs = [
         float(step[tok].logprob) for tok, step in zip(ids, completion.logprobs, strict=True)
     ]
     reason = completion.finish_reason or "abort"
-    return Completion(ids, logprobs, reason if reason in ("stop", "length") else "abort", text)
+    spans = tuple(
+        (int(span.version), span.start, span.end)
+        for span in completion.weight_versions or ()
+        if span.version.isdigit() and span.end > span.start
+    )
+    return Completion(
+        ids, logprobs, reason if reason in ("stop", "length") else "abort", text, spans
+    )
 
 
 # --------------------------------------------------------------------------- transformers
@@ -250,6 +321,9 @@ class HfEngine:
     def sync_ranks(self) -> int:
         return 1
 
+    def label_version(self, version: int) -> None:
+        pass  # generate() runs whole requests between syncs: one version each
+
     def join_weight_group(self, spec: GroupSpec, first_rank: int) -> int:
         from common.transport.weight_sync import create_group
 
@@ -299,4 +373,13 @@ def make_engine(cfg: Config, seed: int = 0) -> Engine:
     return cls(cfg, seed)
 
 
-__all__ = ["ENGINES", "Completion", "Engine", "GenRequest", "HfEngine", "VllmEngine", "make_engine"]
+__all__ = [
+    "ENGINES",
+    "Completion",
+    "Engine",
+    "GenRequest",
+    "HfEngine",
+    "StreamingEngine",
+    "VllmEngine",
+    "make_engine",
+]

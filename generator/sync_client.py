@@ -102,6 +102,7 @@ class SyncClient:
         self.last_seconds = timing["total_s"]
         self.last_timing = timing
         self.version, self.last_error = push.version, ""
+        self.engine.label_version(push.version)
         self.syncs["ok"] += 1
         self.board.ack(push.version, push.epoch, self.member_id, True, json.dumps(timing))
         log.info(

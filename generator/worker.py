@@ -5,10 +5,14 @@ Runs inside the process shell (``common.shell``: work loop, REST app, heartbeat)
 Parts and ownership:
 - ``GeneratorWorker`` (the process's main thread) owns the engine and the stream consumer.
   Each ``step`` first lets ``SyncClient`` join a new weight-sync epoch or load a pushed
-  version (so a sync always falls between engine calls: generation pauses for it and resumes
-  after, and no rollout mixes versions), then takes up to ``max_batch_tasks`` tasks, generates,
-  and commits all their rollouts together with the task acks (atomic; a task whose process
-  dies mid-batch stays pending and another replica reclaims it).
+  version, then generates as ``generator.scheduling`` says:
+  - ``continuous``: ``ContinuousScheduler`` (``generator.continuous``) keeps the engine full,
+    one engine step per worker step; a push is loaded between two engine steps with the
+    sequences in flight kept (their later tokens are the new version's: ``version_starts``);
+  - ``batch``: up to ``max_batch_tasks`` tasks per engine call, a sync only between calls (no
+    rollout mixes versions).
+  Either way a task's rollouts are committed together with its ack (atomic; a task whose
+  process dies mid-generation stays pending and another replica reclaims it).
 - ``SyncClient`` (``generator.sync_client``) owns this generator's view of the weight sync.
   While it is behind the learner by more than the run accepts (dropped from an epoch while
   hung, or a failed load), the worker takes no tasks and ``/readyz`` says why.
@@ -28,7 +32,8 @@ from common.shell.preflight import check_gpu_request, check_model_folder
 from common.transport import Delivery, Output, RunStateLost, StreamConsumer
 from common.transport.marker import RunMarker
 from common.transport.weight_sync import SyncBoard
-from generator.engines import Engine, GenRequest, make_engine
+from generator.continuous import ContinuousScheduler, Occupancy
+from generator.engines import Completion, Engine, GenRequest, make_engine
 from generator.sync_client import SyncClient
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,13 @@ class GeneratorWorker:
         check_gpu_request(cfg.sync.backend)
         check_model_folder(cfg.model.path)
         self.engine = make_engine(cfg, seed=cfg.run.seed)
+        self.scheduler = (
+            ContinuousScheduler(self.engine, self.gen.max_inflight_sequences)
+            if self.gen.scheduling == "continuous"
+            else None
+        )
+        self._task_size = 0  # sequences per task, learnt from the first one admitted
+        self.occupancy = self.scheduler.occupancy if self.scheduler else Occupancy()
         self.marker = RunMarker(ctx.redis, ctx.keys)
         self.lost_batches = 0  # batches dropped because Redis lost the run's state
         self.consumer = StreamConsumer(
@@ -85,6 +97,11 @@ class GeneratorWorker:
         )
         m.counter_fn("syncs_total", "Weight syncs, by result", lambda: dict(sync.syncs))
         m.gauge_fn("inflight_count", "Tasks being generated", lambda: self.inflight)
+        m.gauge_fn(
+            "engine_occupancy",
+            "Sequences running per decode step / the capacity, since start",
+            lambda: self.occupancy.share(),
+        )
         m.counter_fn(
             "deadletter_total",
             "Tasks sent to deadletter, by reason",
@@ -115,15 +132,50 @@ class GeneratorWorker:
             self.sync_seconds.observe(loaded)
         # stale weights never sample, and nothing is read while Redis lost the run's state
         if self.sync.behind() or self.marker.lost():
+            if self.scheduler and self.marker.lost():
+                self._drop_inflight("Redis lost the run's state")
             self.ctx.stop.wait(self.gen.sync_poll_ms / 1000)
             return loaded is not None
         self.consumer.incarnation = self.marker.value
         try:
+            if self.scheduler:
+                return self._continue(loaded is not None)
             return self._generate(loaded is not None)
         except RunStateLost as exc:  # the tasks read belong to a state that is gone
-            self.lost_batches, self.inflight = self.lost_batches + 1, 0
-            log.warning("dropping the current batch: %s", exc)
+            self._drop_inflight(str(exc))
             return True
+
+    def _drop_inflight(self, why: str) -> None:
+        dropped = self.scheduler.abort_all() if self.scheduler else self.inflight
+        if dropped:
+            self.lost_batches += 1
+            log.warning("dropping the %d task(s) in flight: %s", dropped, why)
+        self.inflight = 0
+
+    def _continue(self, loaded: bool) -> bool:
+        """One engine step of continuous scheduling: admit what fits, step, publish what
+        finished."""
+        sched = self.scheduler
+        room = sched.room(self._task_size) if self._task_size else int(not sched.tasks)
+        if room:
+            block = 0 if sched.tasks else min(self.ctx.config.redis.block_ms, self.gen.sync_poll_ms)
+            for delivery in self.consumer.fetch(count=room, block_ms=block):
+                if self._admissible(delivery):
+                    plan = self._requests(delivery.value)
+                    self._task_size = max(1, sum(req.n for req, _ in plan))
+                    sched.admit(delivery, plan)
+        finished = sched.step()
+        if finished:
+            now = time.perf_counter()
+            for state in finished:
+                self.gen_seconds.observe(now - state.started)
+            self._publish(
+                [f.delivery for f in finished],
+                [f.samples() for f in finished],
+                [now - f.started for f in finished],
+            )
+        self.inflight = len(sched.tasks)
+        return bool(sched.tasks or finished) or loaded
 
     def _generate(self, loaded: bool) -> bool:
         block = min(self.ctx.config.redis.block_ms, self.gen.sync_poll_ms)
@@ -144,7 +196,10 @@ class GeneratorWorker:
             samples.append(per_task)
         elapsed = time.perf_counter() - started
         self.gen_seconds.observe(elapsed)
-        self._publish(tasks, samples, elapsed)
+        capacity = self.gen.max_batch_tasks * max(len(t) for t in samples)
+        lengths = [len(c.completion_ids) for task in samples for _, c in task]
+        self.occupancy.add_batch(lengths, capacity)
+        self._publish(tasks, samples, [elapsed] * len(tasks))
         self.inflight = 0
         return True
 
@@ -183,9 +238,9 @@ class GeneratorWorker:
             plan.append((GenRequest(prompt + prefix, 1, cont), prefix))
         return plan
 
-    def _publish(self, tasks: list[Delivery[Task]], samples: list, elapsed: float) -> None:
-        now, version, batch, tokens = time.time(), self.sync.version, [], 0
-        for delivery, task_samples in zip(tasks, samples, strict=True):
+    def _publish(self, tasks: list[Delivery[Task]], samples: list, elapsed: list[float]) -> None:
+        now, batch, tokens = time.time(), [], 0
+        for delivery, task_samples, took in zip(tasks, samples, elapsed, strict=True):
             task = delivery.value
             outputs = []
             for i, (prefix, s) in enumerate(task_samples):
@@ -194,6 +249,8 @@ class GeneratorWorker:
                     completion = [*prefix, *completion]
                     logprobs = [0.0] * len(prefix) + list(logprobs)
                     text = self.engine.tokenizer.decode(completion, skip_special_tokens=True)
+                starts = self._version_starts(s, len(prefix))
+                versions = [v for _, v in starts] or [self.sync.version]
                 rollout = Rollout(
                     rollout_id=f"{task.task_id}/{i}",
                     task_id=task.task_id,
@@ -203,14 +260,15 @@ class GeneratorWorker:
                     logprobs=logprobs,
                     text=text,
                     gold=task.gold,
-                    policy_version=version,
-                    version_max=version,  # syncs fall between engine calls: one version each
+                    policy_version=min(versions),
+                    version_max=max(versions),
                     finish_reason=s.finish_reason,
                     generator_id=self.ctx.member_id,
                     off_policy=bool(prefix),
                     prefix_len=len(prefix),
                     data_source=task.data_source,
-                    timings={"generate_s": elapsed, "queue_s": max(0.0, now - task.created)},
+                    timings={"generate_s": took, "queue_s": max(0.0, now - task.created)},
+                    version_starts=starts if len(starts) > 1 else [],
                 )
                 outputs.append(Output("rollouts", rollout.rollout_id, encode_rollout(rollout)))
                 tokens += len(s.completion_ids)  # generated ones (prefixes are not)
@@ -221,6 +279,12 @@ class GeneratorWorker:
         self.rollouts.inc(sum(len(outs) for outs in fresh))
         self.tokens.inc(tokens)
         self._recent.append((time.monotonic(), tokens))
+
+    def _version_starts(self, sample: Completion, offset: int) -> list[tuple[int, int]]:
+        """(start, version) per span of the sample's generated tokens, as indexes into the
+        completion (after a trace prefix of ``offset`` tokens); [] when unlabelled."""
+        spans = [(offset + start, version) for version, start, _ in sample.versions]
+        return [p for i, p in enumerate(spans) if i == 0 or p[1] != spans[i - 1][1]]
 
     # ---------------------------------------------------------------- REST
 
@@ -237,6 +301,13 @@ class GeneratorWorker:
         stats, sync = self.consumer.stats, self.sync
         return {
             "engine": self.gen.engine,
+            "scheduling": self.gen.scheduling,
+            "engine_load": {
+                "occupancy": round(self.occupancy.share(), 4),
+                "running_steps": self.occupancy.running,
+                "capacity_steps": self.occupancy.capacity,
+            },
+            **({"continuous": self.scheduler.status()} if self.scheduler else {}),
             "policy_version": sync.version,
             "latest_pushed_version": sync.latest_version,
             "tokens_per_s": round(self.tokens_per_second(), 1),

@@ -186,13 +186,31 @@ def state_dict(model_dir):
     return load_file(str(model_dir / "model.safetensors"))
 
 
-@pytest.mark.parametrize("engine", ["vllm", "hf"])
+@pytest.mark.parametrize(
+    ("engine", "scheduling"), [("vllm", "continuous"), ("vllm", "batch"), ("hf", "batch")]
+)
 def test_weight_broadcast_from_another_process_changes_the_live_generator(
-    engine, redis_url, run_name, resilient, rclient, tmp_path, tiny_model_dir, other_model_dir
+    engine,
+    scheduling,
+    redis_url,
+    run_name,
+    resilient,
+    rclient,
+    tmp_path,
+    tiny_model_dir,
+    other_model_dir,
 ):
     keys = Keys(run_name)
     proc = start_generator(
-        redis_url, run_name, tiny_model_dir, tmp_path, "g1", "--generator.engine", engine
+        redis_url,
+        run_name,
+        tiny_model_dir,
+        tmp_path,
+        "g1",
+        "--generator.engine",
+        engine,
+        "--generator.scheduling",
+        scheduling,
     )
     try:
         wait_registered(resilient, keys, "g1", proc)
@@ -228,6 +246,7 @@ def test_weight_broadcast_from_another_process_changes_the_live_generator(
             assert greedy_under(weights, r.prompt_ids, r.completion_ids), r.task_id
     assert status["policy_version"] == 2 and status["sync"]["ok"] == 2
     assert status["counters"]["tasks"] == 6 and status["counters"]["rollouts"] == 18
+    assert status["scheduling"] == scheduling and 0 < status["engine_load"]["occupancy"] <= 1
 
 
 def test_a_sync_that_times_out_leaves_the_old_version_serving(

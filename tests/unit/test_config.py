@@ -187,3 +187,13 @@ def test_the_baseline_configs_run_luffys_recipes():
     assert sft_rl.algorithm == grpo.algorithm
     assert sft_rl.learner.train_file.name == "openr1.complement.parquet"
     assert sft_rl.model.path != luffy.model.path
+
+
+def test_scheduling_defaults_to_the_engines_mode_and_refuses_what_it_cannot_run():
+    assert load_config(environ={}).generator.scheduling == "continuous"  # vllm
+    hf = ["--generator.engine", "hf"]
+    assert load_config(overrides=hf, environ={}).generator.scheduling == "batch"
+    batch = ["--generator.scheduling", "batch"]
+    assert load_config(overrides=batch, environ={}).generator.scheduling == "batch"
+    with pytest.raises(ConfigError, match=r"'continuous' needs generator\.engine = 'vllm'"):
+        load_config(overrides=[*hf, "--generator.scheduling", "continuous"], environ={})

@@ -190,3 +190,25 @@ def test_prefixes_and_prefix_len_travel_and_are_checked():
         decode_rollout(mutate(wire, off_policy=False))
     # an off-policy rollout from before prefixes is off-policy throughout
     assert decode_rollout(mutate(wire, prefix_len=None)).prefix_len == n
+
+
+def test_version_starts_travel_say_each_tokens_version_and_are_checked():
+    rollout = make_rollout(6)  # policy_version 3, version_max 4
+    rollout.off_policy, rollout.prefix_len = True, 1
+    rollout.version_starts = [(1, 3), (4, 4)]
+    got = decode_rollout(encode_rollout(rollout))
+    assert got.version_starts == [(1, 3), (4, 4)]
+    assert got.token_versions().tolist() == [-1, 3, 3, 3, 4, 4]  # the prefix is no version's
+    assert make_rollout(3).token_versions().tolist() == [-1, -1, -1]  # a whole trace
+    plain = make_rollout(3)
+    plain.off_policy, plain.prefix_len = False, 0
+    assert plain.token_versions().tolist() == [3, 3, 3]
+    wire = encode_rollout(rollout)
+    for starts, message in [
+        ([[4, 3], [1, 4]], "must start strictly increasing token indexes below 6"),
+        ([[1, 3], [6, 4]], "must start strictly increasing token indexes below 6"),
+        ([[1, 3], [4, 5]], "span versions 3-5, the rollout says 3-4"),
+        ([[1, 2]], "span versions 2-2, the rollout says 3-4"),
+    ]:
+        with pytest.raises(SchemaError, match=message):
+            decode_rollout(mutate(wire, version_starts=starts))
