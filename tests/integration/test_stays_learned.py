@@ -17,7 +17,7 @@ import pytest
 
 from tests.integration.helpers import spawn_up
 
-STEPS = 320
+STEPS = 360
 WINDOW = 20
 
 
@@ -42,9 +42,10 @@ def test_the_tiny_run_learns_and_its_diagnostics_stay_in_bounds(redis_url, tmp_p
     late = [r["truncated_share"] for r in train if r["step"] > 150]
     windows = [sum(late[i : i + WINDOW]) / WINDOW for i in range(len(late) - WINDOW + 1)]
     assert max(windows) < 0.25, max(windows)
-    # learned: greedy held-out reward >= 0.9 (the bench's seeds reach it at steps 100-180).
-    # Not asserted: no evaluation below 0.85 afterwards. Single noisy updates at lr ~1e-3 on
-    # the nearly deterministic policy still cost one or two evaluations on some seeds (seed 2:
-    # 0.70 at step 240, 0.55 at 360; bench/README.md), which would make this test flaky.
+    # learned: held-out reward (avg@4 at T 0.6) >= 0.9; the bench's seeds reach it at steps
+    # 240-280. Not asserted: no evaluation below 0.85 afterwards. Seed 2 of the bench lost one
+    # evaluation (0.33 at step 280, right after its first 0.91) while its sampled training
+    # reward was still ~0.3 and a fifth of its responses briefly ran into the cap
+    # (bench/README.md), which would make this test flaky.
     curve = [(e["step"], e["reward_mean"]) for e in evals]
     assert max(r for _, r in curve) >= 0.9, curve
