@@ -234,14 +234,18 @@ def _vllm_params(r: GenRequest) -> Any:
         # vLLM's incremental detokenizer also decodes every log-prob token: ~10% of the
         # generator's time on the tiny model; one batch decode at the end is cheaper
         detokenize=False,
+        # log-probs in a few flat lists instead of a dict and a Logprob object per token
+        flat_logprobs=True,
     )
 
 
 def _vllm_sample(completion: Any, text: str) -> Completion:
     ids = list(completion.token_ids)
-    logprobs = [
-        float(step[tok].logprob) for tok, step in zip(ids, completion.logprobs, strict=True)
-    ]
+    flat = completion.logprobs
+    if getattr(flat, "token_ids", None) == ids:  # FlatLogprobs, one (sampled) entry per token
+        logprobs = list(flat.logprobs)
+    else:
+        logprobs = [float(step[tok].logprob) for tok, step in zip(ids, flat, strict=True)]
     reason = completion.finish_reason or "abort"
     spans = tuple(
         (int(span.version), span.start, span.end)

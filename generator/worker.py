@@ -38,6 +38,9 @@ from generator.sync_client import SyncClient
 
 log = logging.getLogger(__name__)
 _RATE_WINDOW_S = 30.0
+# While sequences are in flight, Redis is asked for a push or new tasks at most this often
+# instead of at every engine step (a few ms on a small model): each ask is a round trip
+_BUSY_POLL_S = 0.005
 
 
 class GeneratorWorker:
@@ -61,6 +64,7 @@ class GeneratorWorker:
             else None
         )
         self._task_size = 0  # sequences per task, learnt from the first one admitted
+        self._next_poll = self._next_fetch = 0.0
         self.occupancy = self.scheduler.occupancy if self.scheduler else Occupancy()
         self.marker = RunMarker(ctx.redis, ctx.keys)
         self.lost_batches = 0  # batches dropped because Redis lost the run's state
@@ -86,7 +90,9 @@ class GeneratorWorker:
         self.tokens = m.counter("tokens_generated_total", "Completion tokens generated")
         self.rollouts = m.counter("rollouts_total", "Rollouts published")
         self.tasks = m.counter("tasks_total", "Tasks completed")
-        self.gen_seconds = m.histogram("generate_seconds", "Engine time per batch of tasks")
+        self.gen_seconds = m.histogram(
+            "generate_seconds", "Engine time per batch of tasks (batch) or per task (continuous)"
+        )
         self.sync_seconds = m.histogram("sync_seconds", "Time to receive and load a weight push")
         sync = self.sync
         m.gauge_fn("policy_version", "Policy version now served", lambda: sync.version)
@@ -98,7 +104,7 @@ class GeneratorWorker:
         m.counter_fn("syncs_total", "Weight syncs, by result", lambda: dict(sync.syncs))
         m.gauge_fn("inflight_count", "Tasks being generated", lambda: self.inflight)
         m.gauge_fn(
-            "engine_occupancy",
+            "engine_occupancy_ratio",
             "Sequences running per decode step / the capacity, since start",
             lambda: self.occupancy.share(),
         )
@@ -127,7 +133,12 @@ class GeneratorWorker:
     # ---------------------------------------------------------------- work loop
 
     def step(self) -> bool:
-        loaded = self.sync.poll()
+        now = time.monotonic()
+        busy = bool(self.scheduler and self.scheduler.tasks)
+        loaded = None
+        if not busy or now >= self._next_poll:
+            self._next_poll = now + _BUSY_POLL_S
+            loaded = self.sync.poll()
         if loaded is not None:
             self.sync_seconds.observe(loaded)
         # stale weights never sample, and nothing is read while Redis lost the run's state
@@ -155,9 +166,10 @@ class GeneratorWorker:
     def _continue(self, loaded: bool) -> bool:
         """One engine step of continuous scheduling: admit what fits, step, publish what
         finished."""
-        sched = self.scheduler
+        sched, now = self.scheduler, time.monotonic()
         room = sched.room(self._task_size) if self._task_size else int(not sched.tasks)
-        if room:
+        if room and (not sched.tasks or now >= self._next_fetch):
+            self._next_fetch = now + _BUSY_POLL_S
             block = 0 if sched.tasks else min(self.ctx.config.redis.block_ms, self.gen.sync_poll_ms)
             for delivery in self.consumer.fetch(count=room, block_ms=block):
                 if self._admissible(delivery):

@@ -294,7 +294,7 @@ def test_two_replicas_share_tasks_and_a_sigkill_mid_batch_loses_nothing(
     redis_url, run_name, resilient, rclient, tmp_path, tiny_model_dir
 ):
     keys = Keys(run_name)
-    common = ["--generator.max_batch_tasks", "4"]
+    common = ["--generator.max_batch_tasks", "4", "--generator.max_inflight_sequences", "16"]
     victim = start_generator(redis_url, run_name, tiny_model_dir, tmp_path, "victim", *common)
     survivor = start_generator(redis_url, run_name, tiny_model_dir, tmp_path, "survivor", *common)
     n_tasks = 40
