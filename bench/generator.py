@@ -216,7 +216,7 @@ def _generator_proc(model_dir: Path, run: str, out_dir: str, *flags: str) -> sub
         [
             sys.executable, "-m", "services.generator",
             "--run.name", run, "--run.output_dir", out_dir, "--model.path", str(model_dir),
-            "--generator.id", "bench", "--generator.max_model_len", "512",
+            "--generator.id", "bench",
             "--run.log_level", "WARNING", *flags,
         ],
         cwd=REPO,
@@ -272,9 +272,12 @@ def _run_workload(resilient, keys, port: int, tasks: list) -> dict:
     }
 
 
-def scheduling(model_dir: Path, rounds: int, count: int, cap: int = 240) -> dict:
-    """Continuous vs batch scheduling: one generator process each (same engine, 64 sequences
-    at most in flight: 16 tasks x 4 samples per batch), the same workloads, interleaved."""
+def scheduling(
+    model_dir: Path, rounds: int, count: int, cap: int = 240, inflight: int = 64, *flags: str
+) -> dict:
+    """Continuous vs batch scheduling: one generator process each (same engine, ``inflight``
+    sequences at most in flight: inflight / 4 tasks x 4 samples per batch), the same
+    workloads, interleaved. ``flags`` go to both generators (e.g. a GPU's engine settings)."""
     from common.config import RedisConfig
     from common.membership import list_members
     from common.transport import Keys, Resilient, delete_run_keys
@@ -283,9 +286,11 @@ def scheduling(model_dir: Path, rounds: int, count: int, cap: int = 240) -> dict
     out_dir, procs, keys = tempfile.mkdtemp(), {}, {}
     for mode in ("batch", "continuous"):
         keys[mode] = Keys(f"bench-sched-{mode}-{uuid.uuid4().hex[:8]}")
-        flags = ["--generator.scheduling", mode, "--generator.max_batch_tasks", "16",
-                 "--generator.max_inflight_sequences", "64"]  # fmt: skip
-        procs[mode] = _generator_proc(model_dir, keys[mode].run, out_dir, *flags)
+        mode_flags = ["--generator.scheduling", mode,
+                      "--generator.max_batch_tasks", str(inflight // 4),
+                      "--generator.max_inflight_sequences", str(inflight),
+                      "--generator.max_model_len", str(max(512, cap + 64))]  # fmt: skip
+        procs[mode] = _generator_proc(model_dir, keys[mode].run, out_dir, *mode_flags, *flags)
     runs: dict = {w: {m: [] for m in procs} for w in ("long_tail", "uniform")}
     try:
         ports = {}
@@ -333,6 +338,14 @@ def main() -> None:
     parser.add_argument("--pushes", type=int, default=9)
     parser.add_argument("--tasks", type=int, default=64, help="tasks per scheduling workload")
     parser.add_argument("--only", choices=["scheduling"], help="run one part (default: every part)")
+    parser.add_argument(
+        "--model-path", type=Path, help="scheduling on this HF folder instead of the tiny model"
+    )
+    parser.add_argument("--cap", type=int, default=240, help="scheduling's response-length cap")
+    parser.add_argument("--inflight", type=int, default=64, help="sequences in flight at most")
+    parser.add_argument(
+        "--generator-flag", action="append", default=[], help="extra generator CLI flag (repeat)"
+    )
     args = parser.parse_args()
     from common.config import TinyModelConfig
     from services.demo.tiny_model import build_tiny_model
@@ -342,7 +355,12 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         small = build_tiny_model(Path(tmp) / "small", TinyModelConfig(), seed=0)
-        parts = {"scheduling": scheduling(small, args.rounds, args.tasks)}
+        model = args.model_path or small
+        parts = {
+            "scheduling": scheduling(
+                model, args.rounds, args.tasks, args.cap, args.inflight, *args.generator_flag
+            )
+        }
         if not args.only:
             big = build_tiny_model(Path(tmp) / "big", big_shape, seed=0)
             parts["weight_sync"] = {e: weight_sync(big, args.pushes, e) for e in ("vllm", "hf")}
