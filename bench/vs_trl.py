@@ -65,7 +65,9 @@ def run_trl(python: Path, model: Path, train: Path, steps: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_ours(model: Path, task: Path, steps: int, out: Path, url: str) -> dict:
+def run_ours(
+    model: Path, task: Path, steps: int, out: Path, url: str, scheduling: str = "continuous"
+) -> dict:
     from services.plot import read_metrics
     from services.supervisor import up_args
 
@@ -97,6 +99,8 @@ def run_ours(model: Path, task: Path, steps: int, out: Path, url: str) -> dict:
         str(MAX_TOKENS),
         "--learner.lr",
         "1e-3",
+        "--generator.scheduling",
+        scheduling,
     ]
     with (out / f"{run}.log").open("w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -174,6 +178,11 @@ def main() -> None:
     parser.add_argument("--trl-python", default=".venv-trl/bin/python")
     parser.add_argument("--out", default="runs/bench-vs-trl")
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--batch-too",
+        action="store_true",
+        help="each round also runs ours with generator.scheduling = batch (reported beside)",
+    )
     args = parser.parse_args()
     from services.demo.tiny_model import build_tiny_model
     from services.demo.tiny_task import make_task
@@ -182,11 +191,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     python = ensure_trl((REPO / args.trl_python).absolute())
     runs: list[tuple[dict, dict]] = []
+    batch_runs: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_model(Path(tmp) / "model", seed=0)
         task = make_task(Path(tmp) / "task", n_train=2000, n_eval=10)
         for _ in range(args.rounds):  # interleaved: this VM's speed drifts within minutes
             ours_run = run_ours(model, task, args.steps, out, args.url)
+            if args.batch_too:
+                batch_runs.append(run_ours(model, task, args.steps, out, args.url, "batch"))
             runs.append((ours_run, run_trl(python, model, task / "train.jsonl", args.steps)))
     ours = median_run([o for o, _ in runs])
     trl = median_run([t for _, t in runs])
@@ -216,10 +228,20 @@ def main() -> None:
                 "ours_runs": [round(o["samples_per_s"], 2) for o, _ in runs],
                 "trl_runs": [round(t["samples_per_s"], 2) for _, t in runs],
                 "target": 1.5,
+                **(_batch_summary(batch_runs, trl) if batch_runs else {}),
             },
             indent=2,
         )
     )
+
+
+def _batch_summary(batch_runs: list[dict], trl: dict) -> dict:
+    batch = median_run(batch_runs)
+    return {
+        "ours_batch_scheduling": batch,
+        "ours_batch_runs": [round(b["samples_per_s"], 2) for b in batch_runs],
+        "batch_ratio": round(batch["samples_per_s"] / trl["samples_per_s"], 2),
+    }
 
 
 if __name__ == "__main__":

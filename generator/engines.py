@@ -140,6 +140,7 @@ class VllmEngine:
         self.vocab_size = int(model_config.get_vocab_size())
         self.workers = int(self.llm.llm_engine.vllm_config.parallel_config.world_size)
         self._open: set[str] = set()  # streaming requests not yet finished
+        self._keep_in_flight = gen.in_flight_push == "keep"
         self.label_version(0)
         log.info(
             "vLLM engine ready in %.1fs (%s)",
@@ -171,7 +172,9 @@ class VllmEngine:
 
         params = _vllm_params(request)
         params.output_kind = RequestOutputKind.FINAL_ONLY  # one output when all n are done
-        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids))
+        # the salt keys every cached block to the weights it was computed with (see
+        # receive_weights)
+        prompt = TokensPrompt(prompt_token_ids=list(request.prompt_ids), cache_salt=self._salt)
         self.llm.llm_engine.add_request(key, prompt, params)
         self._open.add(key)
 
@@ -190,6 +193,7 @@ class VllmEngine:
 
     def label_version(self, version: int) -> None:
         self.llm.llm_engine.set_weight_version(str(version))
+        self._salt = f"v{version}"
 
     def sync_ranks(self) -> int:
         return self.workers
@@ -208,10 +212,12 @@ class VllmEngine:
         # vLLM caches prompt blocks by token ids (prefix caching is on by default): without a
         # reset, a prompt seen before the push keeps its old-weight keys/values and every
         # sample of it mixes versions (seen: log-probs 0.28 off for a 300-token prompt).
-        # Requests in flight (continuous scheduling) are preempted by the reset and resume
-        # with their prompt + tokens so far recomputed under the new weights: each later token
-        # is sampled from, and its log-prob is, the new policy's, as the learner assumes.
-        if not self.llm.reset_prefix_cache(reset_running_requests=True):
+        # Streaming requests carry a salt per version instead, so with in_flight_push = keep
+        # the requests in flight go on with their keys/values and no later request can hit an
+        # old block. Otherwise the reset preempts the requests in flight, which resume with
+        # their prompt + tokens so far recomputed under the new weights.
+        keep = self._keep_in_flight and self._open
+        if not keep and not self.llm.reset_prefix_cache(reset_running_requests=True):
             raise RuntimeError("vLLM refused to reset its prefix cache")
         timing["reset_s"] = time.perf_counter() - started
         timing["total_s"] += timing["reset_s"]

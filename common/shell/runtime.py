@@ -29,6 +29,7 @@ from common.metrics import Metrics
 from common.net import bind_socket
 from common.shell.app import create_app
 from common.shell.preflight import FatalError, StartupError, wait_for_redis
+from common.shell.profiling import profiled
 from common.transport import Keys, Resilient, Stopped
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,8 @@ class ServiceRuntime:
                 cfg.redis.heartbeat_interval_s,
                 cfg.redis.heartbeat_ttl_s,
             ).start()
-            self._loop()
+            with profiled(cfg.run.profile_dir, f"{self.role}-{self.member_id}"):
+                self._loop()
         except Stopped:
             pass
         except FatalError as exc:  # an expected end: one line, no traceback
