@@ -51,8 +51,18 @@ def wait_for_redis(redis_: Resilient, url: str, timeout_s: float) -> None:
         delay = min(delay * 2, 2.0)
 
 
+# Decoder LMs the learner (FSDP2 over ``model.layers``, ``lm_head``) and the weight sync (vLLM's
+# own ``load_weights`` mapping: fused q/k/v and gate/up, tied embeddings) are tested with
+# (README, "Models"); anything else is refused at start rather than failing mid-run.
+SUPPORTED_ARCHITECTURES = {
+    "Qwen2ForCausalLM": "Qwen2 / Qwen2.5 (the tiny test model, configs/qwen-7b-gpu.toml)",
+    "LlamaForCausalLM": "Llama (SmolLM2-135M-Instruct: luffy init-real-model)",
+}
+
+
 def check_model_folder(path: Path) -> None:
-    """``model.path`` must be an HF model folder whose config.json parses."""
+    """``model.path`` must be an HF model folder whose config.json parses and names a tested
+    architecture."""
     config = Path(path) / "config.json"
     if not Path(path).is_dir():
         raise StartupError(f"model.path {str(path)!r} is not a folder (no model there)")
@@ -66,6 +76,14 @@ def check_model_folder(path: Path) -> None:
         ) from None
     if not isinstance(parsed, dict) or "model_type" not in parsed:
         raise StartupError(f"model.path {str(path)!r}: config.json has no 'model_type'")
+    archs = parsed.get("architectures") or []
+    if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
+        tested = ", ".join(SUPPORTED_ARCHITECTURES)
+        raise StartupError(
+            f"model.path {str(path)!r}: architecture {archs or 'not named'} is not supported "
+            f"(tested: {tested}); the learner's sharding and the weight sync are only known "
+            "to be right for those"
+        )
 
 
 def check_gpu_request(sync_backend: str) -> None:
@@ -84,6 +102,7 @@ def check_gpu_request(sync_backend: str) -> None:
 __all__ = [
     "EXIT_BAD_SETUP",
     "EXIT_RESTART",
+    "SUPPORTED_ARCHITECTURES",
     "FatalError",
     "MustRestart",
     "StartupError",

