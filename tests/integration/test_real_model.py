@@ -142,3 +142,33 @@ def logprobs_of(model, prompt, completion):
     with torch.no_grad():
         logits = model(ids).logits[0, len(prompt) - 1 : -1].float()
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(completion)[:, None])[:, 0]
+
+
+def test_luffy_eval_on_luffys_layout_reports_per_source_avg_at_k(smollm2_dir, tmp_path):
+    """LUFFY's valid.all.parquet layout (a system turn, reward_model.ground_truth, a math and
+    a multiple-choice source) with one prompt over SmolLM2's 8,192-token context."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.integration.test_eval import SYSTEM, luffy, luffy_row
+
+    rows = [luffy_row("add", f"What is {a} + {a + 11}?", str(2 * a + 11), a) for a in range(3)]
+    rows += [luffy_row("arc_c", f"Q{i}? A) x B) y C) z", g, 3 + i) for i, g in enumerate("AB")]
+    rows.append(luffy_row("add", "one plus " * 4500 + "one?", "4501", 5))
+    data = tmp_path / "valid.all.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), data)
+    out = tmp_path / "samples.jsonl"
+    run = luffy(
+        "eval", "--model", smollm2_dir, "--data", data, "--out", out, "--samples", 2,
+        "--max-tokens", 24, "--keep-system",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    samples = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(samples) == 10 and {r["data_source"] for r in samples} == {"add", "arc_c"}
+    for r in samples:  # its own chat template, with the data's system turn kept
+        assert r["prompt"].startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user")
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert {s: v["samples"] for s, v in summary["sources"].items()} == {"add": 6, "arc_c": 4}
+    assert all(0.0 <= v["avg_at_k"] <= 1.0 for v in summary["sources"].values())
+    (skipped,) = summary["skipped"]["prompts"]
+    assert skipped["id"] == "5" and skipped["prompt_tokens"] > 8192
