@@ -126,15 +126,17 @@ class GeneratorConfig(_Section):
     kept (their tokens then span versions). ``batch``: up to ``max_batch_tasks`` tasks per
     engine call, each waits for the longest, and syncs fall between calls. Default:
     continuous on vLLM, batch on ``hf`` (transformers ``generate`` has no step loop)."""
-    in_flight_push: Literal["keep", "recompute"] = "keep"
-    """Continuous scheduling: what a push does to the sequences in the engine. ``keep``: they
-    keep their keys/values (computed under the old weights) and go on under the new ones, as
-    vLLM's pause mode "keep" and PipelineRL do; each token's behaviour log-prob is still the
-    one it was sampled with, and requests admitted after the push share no cached block with
-    those before (a prefix-cache salt per version). ``recompute``: they are preempted and
-    their prompt + tokens so far recomputed under the new weights, so every later token is
-    exactly the new policy's, at the price of a prefill of everything in flight per push
-    (the tiny stack's step: 0.29 s instead of 0.26, bench/README.md)."""
+    in_flight_push: Literal["recompute", "keep"] = "recompute"
+    """Continuous scheduling: what a push does to the sequences in the engine. ``recompute``:
+    they are preempted and their prompt + tokens so far recomputed under the new weights, so
+    every later token is exactly the new policy's, as the learner assumes. ``keep``: they keep
+    their keys/values (computed under the old weights) and go on under the new ones, as vLLM's
+    pause mode "keep" and PipelineRL do; each token's behaviour log-prob is still the one it
+    was sampled with, and a prefix-cache salt per version keeps requests admitted after the
+    push off blocks computed before it. keep saves a prefill of everything in flight per push
+    (the tiny stack: 0.26 instead of 0.29 s per step) but its held-out reward dipped below
+    0.85 after first reaching 0.9 on 3 seeds of 3, recompute's on none of 2 (bench/README.md,
+    issue #18)."""
     max_inflight_sequences: int = Field(default=256, ge=1)
     """Continuous scheduling: most sequences in the engine at once (a task of n samples and p
     prefixes holds n + p); a task larger than this runs alone."""

@@ -98,7 +98,8 @@ def test_a_learner_step_pushed_to_live_vllm_serves_what_transformers_computes(
     """One FSDP2 step (1 or 2 ranks) and its checkpoint's hf/ folder; that folder reloads in
     transformers, and pushed to a generator serving the original weights (vLLM's own Llama
     loader: fused q/k/v and gate/up, the tied LM head) it makes the live engine's greedy
-    tokens and log-probs those of transformers on the trained weights."""
+    tokens and log-probs those of transformers on the trained weights; a fresh vLLM engine
+    on the folder serves the same greedy tokens and log-probs (1 rank)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     flags = ("--save-at", 1, "--ckpt-root", tmp_path / "c")
@@ -126,7 +127,8 @@ def test_a_learner_step_pushed_to_live_vllm_serves_what_transformers_computes(
         stop(proc)
     new = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     old = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
-    for r in rollouts_of(rclient, keys):
+    rollouts = rollouts_of(rclient, keys)
+    for r in rollouts:
         assert r.policy_version == 1
         got = torch.tensor(r.logprobs)
         assert (logprobs_of(new, prompt, r.completion_ids) - got).abs().max().item() < TOL
@@ -135,6 +137,17 @@ def test_a_learner_step_pushed_to_live_vllm_serves_what_transformers_computes(
             ids = torch.tensor([prompt])
             want = new.generate(ids, max_new_tokens=16, do_sample=False)[0, len(prompt) :]
             assert list(r.completion_ids) == want.tolist()[: len(r.completion_ids)]
+    if ranks == 1:  # the hf/ folder also loads in vLLM and serves what the push served
+        (greedy,) = [r for r in rollouts if r.task_id == "greedy"]
+        engine = make_engine(engine_config(hf_dir, "vllm"))
+        try:
+            request = GenRequest(prompt, 1, Sampling(temperature=0.0, max_new_tokens=16))
+            ((again,),) = engine.generate([request])
+        finally:
+            engine.close()
+        assert again.completion_ids == list(greedy.completion_ids)
+        diff = torch.tensor(again.logprobs) - torch.tensor(greedy.logprobs)
+        assert diff.abs().max().item() < TOL
 
 
 def logprobs_of(model, prompt, completion):
