@@ -166,8 +166,8 @@ class GeneratorWorker:
 
     def _behind_wait_s(self) -> float:
         """A member of the current epoch is behind between the learner's new version and its
-        push, which follows at once: look again soon (at the idle period this stalled the
-        engine up to 50 ms per step, 10% of the tiny stack's step). Left out of the epoch, it
+        push, which follows at once: look again soon (at the idle period this could stall the
+        engine up to 50 ms per push, against a tiny-stack step of ~0.3 s). Left out of the epoch, it
         waits to rejoin at the idle period."""
         if self.sync.joined and not self.marker.lost():
             return min(self.gen.sync_poll_ms / 1000, _BEHIND_POLL_S)
