@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import redis
 
 from common.config import RedisConfig
-from common.net import free_port
+from common.net import free_port, redact_url
 
 log = logging.getLogger(__name__)
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
@@ -35,10 +35,22 @@ def is_loopback_url(url: str) -> bool:
     return (parsed.hostname or "") in LOOPBACK_HOSTS or (parsed.hostname or "").startswith("127.")
 
 
-def redis_reachable(url: str, timeout_s: float = 1.0) -> bool:
-    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+def redis_reachable(url: str, timeout_s: float = 1.0, password: str | None = None) -> bool:
+    """Whether a Redis answers at ``url``. One that answers but refuses our password (or asks
+    for one) raises ``RedisUnavailable`` saying so: starting an embedded one beside it would
+    hide the mistake."""
+    client = redis.Redis.from_url(
+        url, password=password, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
     try:
         return bool(client.ping())
+    except (redis.AuthenticationError, redis.ResponseError) as exc:
+        if "auth" not in str(exc).lower() and "password" not in str(exc).lower():
+            return False
+        raise RedisUnavailable(
+            f"Redis at {redact_url(url)} refuses us ({exc}): set redis.password "
+            "(LUFFY_REDIS__PASSWORD) to its password"
+        ) from None
     except redis.RedisError:  # refused, timed out, or something that is not Redis
         return False
     finally:
@@ -60,11 +72,19 @@ def redis_server_binary() -> str:
 class EmbeddedRedis:
     """A redis-server child process on loopback; ``url`` is valid after ``start``."""
 
-    def __init__(self, data_dir: str | Path, host: str = "127.0.0.1", port: int = 0, db: int = 0):
+    def __init__(
+        self,
+        data_dir: str | Path,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        db: int = 0,
+        password: str | None = None,
+    ):
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port or free_port(host)
         self.db = db
+        self.password = password  # required of clients when set (redis.password)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -92,9 +112,16 @@ class EmbeddedRedis:
             "--logfile",
             str((self.data_dir / "redis.log").resolve()),
         ]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        if self.password:  # through stdin's config, not argv: ps would show it
+            args.append("-")
+        stdin = subprocess.PIPE if self.password else subprocess.DEVNULL
+        self.proc = subprocess.Popen(args, stdin=stdin, start_new_session=True)
+        if self.password:  # redis-server reads the config on stdin up to its end
+            self.proc.stdin.write(f'requirepass "{self.password}"\n'.encode())
+            self.proc.stdin.close()
         deadline = time.monotonic() + timeout_s
-        while not redis_reachable(self.url, 0.2):  # readiness probe, not a timing guess
+        # a readiness probe, not a timing guess
+        while not redis_reachable(self.url, 0.2, self.password):
             if self.proc.poll() is not None:
                 raise RedisUnavailable(
                     f"embedded redis-server exited with {self.proc.returncode}; "
@@ -128,14 +155,15 @@ class EmbeddedRedis:
 
 def ensure_redis(cfg: RedisConfig, run_dir: Path) -> tuple[str, EmbeddedRedis | None]:
     """The Redis URL to use, and the embedded server started for it (or None)."""
-    if cfg.embedded != "always" and redis_reachable(cfg.url):
+    password = cfg.password.get_secret_value() if cfg.password else None
+    if cfg.embedded != "always" and redis_reachable(cfg.url, password=password):
         return cfg.url, None
     if cfg.embedded == "never" or (cfg.embedded == "auto" and not is_loopback_url(cfg.url)):
         raise RedisUnavailable(
-            f"Redis at {cfg.url} is not reachable (redis.embedded={cfg.embedded!r}); "
+            f"Redis at {redact_url(cfg.url)} is not reachable (redis.embedded={cfg.embedded!r}); "
             "start Redis or use a loopback URL to get an embedded one"
         )
-    server = EmbeddedRedis(run_dir / "redis").start()
+    server = EmbeddedRedis(run_dir / "redis", password=password).start()
     return server.url, server
 
 

@@ -87,9 +87,15 @@ def _beat(raw: bytes) -> float:
 
 class WeightBroadcaster:
     def __init__(
-        self, board: SyncBoard, cfg: SyncConfig, role: str = "generator", heartbeat_s: float = 2.0
+        self,
+        board: SyncBoard,
+        cfg: SyncConfig,
+        role: str = "generator",
+        heartbeat_s: float = 2.0,
+        address: str | None = None,
     ):
         self.board, self.cfg, self.role = board, cfg, role
+        self.address = address or cfg.host  # what generators connect to (sync.advertise_host)
         self.backend = resolve_backend(cfg.backend)
         self.epoch = self._last_epoch()
         self.members: dict[str, list[int]] = {}
@@ -152,7 +158,7 @@ class WeightBroadcaster:
             ranks[member] = [nxt, live[member]]
             nxt += live[member]
         store, port = host_store(self.cfg.host, self.cfg.port, nxt, self.cfg.timeout_s)
-        spec = GroupSpec(self.epoch, self.cfg.host, port, nxt, self.backend, self.cfg.timeout_s)
+        spec = GroupSpec(self.epoch, self.address, port, nxt, self.backend, self.cfg.timeout_s)
         self.board.publish_epoch(EpochRecord(**vars(spec), ranks=ranks))
         log.info("weight-sync epoch %d: %d members, world %d", self.epoch, len(ranks), nxt)
         try:

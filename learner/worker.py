@@ -23,6 +23,7 @@ import threading
 import time
 from typing import Any
 
+from common.net import advertised_host
 from common.schemas import ScoredRollout, decode_scored
 from common.shell import FatalError, ServiceContext, StartupError
 from common.shell.preflight import check_gpu_request, check_model_folder
@@ -108,7 +109,10 @@ class LearnerWorker:
         self.board = SyncBoard(ctx.redis, ctx.keys)
         self.marker = RunMarker(ctx.redis, ctx.keys)
         self.broadcaster = WeightBroadcaster(
-            self.board, cfg.sync, heartbeat_s=cfg.redis.heartbeat_interval_s
+            self.board,
+            cfg.sync,
+            heartbeat_s=cfg.redis.heartbeat_interval_s,
+            address=advertised_host(cfg.sync.host, cfg.sync.advertise_host, cfg.redis.url),
         )
         self.consumer = StreamConsumer(
             ctx.redis,

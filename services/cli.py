@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from common.config import Config, ConfigError, load_config
+from common.config import Config, ConfigError, LearnerConfig, load_config
 from common.logs import setup_logging
 from services.process_setup import keep_freed_memory, limit_threads
 
@@ -111,8 +111,8 @@ def learner(
     if print_config:
         typer.echo(config_toml(cfg), nl=False)
         return
-    if cfg.learner.nproc > 1 and "RANK" not in os.environ:
-        raise typer.Exit(launch_torchrun(cfg.learner.nproc, config, [*ctx.args, *extra]))
+    if cfg.learner.nproc * cfg.learner.nnodes > 1 and "RANK" not in os.environ:
+        raise typer.Exit(launch_torchrun(cfg.learner, config, [*ctx.args, *extra]))
     if int(os.environ.get("RANK", "0")) > 0:
         from learner.worker import follow_rank_0
 
@@ -123,20 +123,18 @@ def learner(
     run_role("learner", ctx, config, False, extra)
 
 
-def launch_torchrun(nproc: int, config: Path | None, args: list[str]) -> int:
-    """Re-run this command as ``nproc`` learner ranks (rank 0 serves REST and drives)."""
+def launch_torchrun(lc: LearnerConfig, config: Path | None, args: list[str]) -> int:
+    """Re-run this command as the learner's ranks on this node: ``nproc`` of them, joined with
+    the other ``nnodes`` - 1 nodes' at ``master_addr:master_port`` (static rendezvous, so
+    global rank = node_rank x nproc + local rank and rank 0, which drives the run, is on node
+    0). A rank or node that dies fails the whole group (collectives time out after
+    ``learner.collective_timeout_s``); the restart resumes from the last checkpoint."""
     import subprocess
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        f"--nproc-per-node={nproc}",
-        "--master-addr=127.0.0.1",
-        "-m",
-        "services.learner",
-    ]
-    cmd += (["--config", str(config)] if config else []) + args
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={lc.nproc}"]
+    cmd += [f"--nnodes={lc.nnodes}", f"--node-rank={lc.node_rank}"]
+    cmd += [f"--master-addr={lc.master_addr}", f"--master-port={lc.master_port}"]
+    cmd += ["-m", "services.learner"] + (["--config", str(config)] if config else []) + args
     return subprocess.call(cmd)
 
 

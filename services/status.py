@@ -10,6 +10,7 @@ import httpx
 
 from common.config import Config
 from common.membership import list_members
+from common.net import redact_url
 from common.transport import Keys, Resilient, stream_depths
 from services.stack import ROLES
 
@@ -38,7 +39,8 @@ def collect(
     its connections instead of opening new ones each time."""
     redis_ = redis_ or Resilient.from_config(cfg.redis)
     if not redis_.ping():
-        raise ConnectionError(f"redis at {cfg.redis.url} is not reachable: {redis_.last_error}")
+        url = redact_url(cfg.redis.url)
+        raise ConnectionError(f"redis at {url} is not reachable: {redis_.last_error}")
     keys = Keys(cfg.run.name)
     version = redis_.client.get(keys.policy_version)
     members = {role: list_members(redis_, keys, role) for role in ROLES}

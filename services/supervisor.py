@@ -29,6 +29,7 @@ from pathlib import Path
 from common.config import Config, write_resolved
 from common.embedded_redis import RedisUnavailable, ensure_redis
 from common.logs import setup_logging
+from common.net import redact_url
 from common.shell import EXIT_BAD_SETUP
 from services.stack import overrides_as_env, service_command
 
@@ -183,7 +184,7 @@ def run_up(cfg: Config, config_path: str | None = None, overrides: list[str] = (
     except RedisUnavailable as exc:
         log.error("%s", exc)
         return 2
-    log.info("redis at %s%s", url, " (embedded)" if server else "")
+    log.info("redis at %s%s", redact_url(url), " (embedded)" if server else "")
     supervisor = Supervisor(cfg, config_file, list(overrides), url)
     refusal = continue_or_refuse(cfg, url, supervisor)
     if refusal:
@@ -276,7 +277,7 @@ def continue_or_refuse(cfg: Config, url: str, supervisor: Supervisor) -> str | N
                 child.env = {**child.env, "LUFFY_LEARNER__RESUME": "true"}
         return None
     redis_ = Resilient.from_config(cfg.redis.model_copy(update={"url": url}))
-    return stale_run_refusal(redis_, Keys(cfg.run.name), checkpoint_dir, f" at {url}")
+    return stale_run_refusal(redis_, Keys(cfg.run.name), checkpoint_dir, f" at {redact_url(url)}")
 
 
 def _config_for_children(cfg: Config, config_path: str | None, run_dir: Path) -> str:

@@ -34,6 +34,10 @@ class RunConfig(_Section):
 class RedisConfig(_Section):
     url: str = "redis://127.0.0.1:6379/0"
     """Redis URL. An unreachable loopback URL gets an embedded Redis (see ``embedded``)."""
+    password: SecretStr | None = None
+    """Redis AUTH password (``LUFFY_REDIS__PASSWORD``, e.g. from a Kubernetes Secret or
+    compose's ``.env``). Kept out of ``url`` so that it never lands in logs or the resolved
+    config; a password inside ``url`` works too and is masked wherever the URL is shown."""
     embedded: Literal["auto", "always", "never"] = "auto"
     """``auto``: ``luffy up`` starts a redis-server when ``url`` is loopback and unreachable."""
     start_timeout_s: float = Field(default=15.0, gt=0)
@@ -233,7 +237,20 @@ class LearnerConfig(_Section):
     micro_batch_tokens: int = Field(default=8192, ge=16)
     """Token budget per forward/backward micro-batch."""
     nproc: int = Field(default=1, ge=1)
-    """Learner ranks (torchrun processes, FSDP2)."""
+    """Learner ranks (torchrun processes, FSDP2) on each node."""
+    nnodes: int = Field(default=1, ge=1)
+    """Machines the learner spans: torchrun runs ``nproc`` ranks on each of ``nnodes`` nodes
+    (FSDP2 shards over all ``nnodes`` x ``nproc`` ranks). Every node runs ``luffy learner``
+    with its own ``node_rank``; node 0 runs rank 0, which drives the run (Redis, REST, weight
+    sync). Checkpoints are written by every rank into ``run.output_dir``, which all nodes
+    must share."""
+    node_rank: int = Field(default=0, ge=0)
+    """This node's index, 0 .. ``nnodes`` - 1 (Kubernetes: the StatefulSet pod's index)."""
+    master_addr: str = "127.0.0.1"
+    """Where the learner's nodes rendezvous: node 0's address (Kubernetes: the first learner
+    pod's name through the StatefulSet's headless Service)."""
+    master_port: int = Field(default=29500, ge=1, le=65535)
+    """Rendezvous port on ``master_addr`` (torchrun's TCP store, hosted by node 0)."""
     collective_timeout_s: float = Field(default=600.0, gt=0)
     """A collective between learner ranks (a step's reductions, gathering weights, a
     checkpoint) that does not finish in this time fails the learner loudly instead of hanging
@@ -274,6 +291,15 @@ class LearnerConfig(_Section):
     group_timeout_s: float = Field(default=600.0, gt=0)
     """An incomplete group waits this long for its samples, then is dropped and counted."""
 
+    @model_validator(mode="after")
+    def _node_in_range(self) -> LearnerConfig:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(
+                f"learner.node_rank {self.node_rank} is not below learner.nnodes {self.nnodes} "
+                f"(nodes are numbered 0 .. {self.nnodes - 1})"
+            )
+        return self
+
 
 class SyncConfig(_Section):
     backend: Literal["auto", "gloo", "nccl", "gloo-lazy"] = "auto"
@@ -283,7 +309,11 @@ class SyncConfig(_Section):
     every: int = Field(default=1, ge=1)
     """Broadcast weights every N optimizer steps."""
     host: str = "127.0.0.1"
-    """Address the learner's rendezvous store listens on."""
+    """Address the learner's rendezvous store listens on (0.0.0.0: every interface)."""
+    advertise_host: str | None = None
+    """Address generators use to reach that store, published in the sync record. Default:
+    ``host``, or when ``host`` is a wildcard (0.0.0.0, ::), the learner's own address on its
+    route to Redis (generators reach Redis too, so they can usually reach that address)."""
     port: int = Field(default=0, ge=0, le=65535)
     """Rendezvous port (0 = pick a free one and publish it in Redis)."""
     timeout_s: float = Field(default=120.0, gt=0)
@@ -294,11 +324,19 @@ class SyncConfig(_Section):
 
 class ServicesConfig(_Section):
     host: str = "127.0.0.1"
-    """Address the REST server binds (loopback by default; compose sets 0.0.0.0)."""
+    """Address the REST server binds (loopback by default; compose and Kubernetes set
+    0.0.0.0). A service bound to anything but loopback refuses to start without ``token``:
+    anyone on the network could otherwise pause the learner."""
+    advertise_host: str | None = None
+    """Address others (``luffy status``, the dashboard) use to reach this service's REST
+    server, published in its membership record. Default: ``host``, or when that is a
+    wildcard, this machine's address on its route to Redis."""
     port: int = Field(default=0, ge=0, le=65535)
     """REST port (0 = a free port, published in the membership record)."""
     token: SecretStr | None = None
-    """Bearer token required by control routes (pause, resume, checkpoint) when set."""
+    """Bearer token required by control routes (pause, resume, checkpoint); required when
+    ``host`` is not loopback (``luffy secrets`` writes one for compose; Kubernetes takes it
+    from a Secret)."""
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     """Largest accepted request body (413 beyond)."""
     watchdog_s: float = Field(default=1800.0, gt=0)

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from common.config import Config, write_resolved
 from common.membership import Heartbeat
 from common.metrics import Metrics
-from common.net import bind_socket
+from common.net import advertised_host, bind_socket, is_loopback, redact_url
 from common.shell.app import create_app
 from common.shell.preflight import FatalError, StartupError, wait_for_redis
 from common.shell.profiling import profiled
@@ -90,6 +90,7 @@ class ServiceRuntime:
             stop=stop,
         )
         self.port: int | None = None
+        self._advertised = config.services.host  # the REST address others use (membership)
         self.steps = 0
         self._progress_at = time.monotonic()  # when the work loop last finished a step
         self._loop_error: str | None = None
@@ -161,6 +162,13 @@ class ServiceRuntime:
         import uvicorn
 
         svc = self.config.services
+        if svc.token is None and not is_loopback(svc.host):
+            raise StartupError(
+                f"services.host {svc.host!r} is reachable from other machines and no "
+                "services.token is set, so anyone there could pause or checkpoint this "
+                "service: set LUFFY_SERVICES__TOKEN (luffy secrets writes one for compose) or "
+                "bind 127.0.0.1"
+            )
         try:
             sock = bind_socket(svc.host, svc.port)
         except OSError as exc:
@@ -169,6 +177,7 @@ class ServiceRuntime:
                 "another process has it; pick another port or 0 for a free one"
             ) from None
         self.port = sock.getsockname()[1]
+        self._advertised = advertised_host(svc.host, svc.advertise_host, self.config.redis.url)
         token = svc.token.get_secret_value() if svc.token else None
         app = create_app(
             self, self.metrics, token, svc.max_body_bytes, lambda a: self.worker.routes(a, self.ctx)
@@ -183,7 +192,7 @@ class ServiceRuntime:
 
     def _membership_info(self) -> dict[str, Any]:
         return {
-            "host": self.config.services.host,
+            "host": self._advertised,
             "port": self.port,
             "pid": os.getpid(),
             "started": self.started,
@@ -213,7 +222,7 @@ class ServiceRuntime:
         rc = 0
         try:
             self._start_http()
-            wait_for_redis(self.ctx.redis, cfg.redis.url, cfg.redis.start_timeout_s)
+            wait_for_redis(self.ctx.redis, redact_url(cfg.redis.url), cfg.redis.start_timeout_s)
             self.worker.setup(self.ctx)
             self._setup_done = True
             self._progress_at = time.monotonic()

@@ -28,6 +28,7 @@ def connect(cfg: RedisConfig, url: str | None = None) -> redis.Redis:
     timeout = cfg.socket_timeout_s + cfg.block_ms / 1000.0
     return redis.Redis.from_url(
         url or cfg.url,
+        password=cfg.password.get_secret_value() if cfg.password else None,
         socket_timeout=timeout,
         socket_connect_timeout=min(5.0, timeout),
         health_check_interval=30,

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
+
+from common.net import route_address
 
 if TYPE_CHECKING:
     import torch
@@ -114,7 +117,20 @@ class SyncGroup:
             options = dist.ProcessGroupNCCL.Options()
             options._timeout = timeout  # the default is 10 minutes, whatever sync.timeout_s says
             return dist.ProcessGroupNCCL(self.prefixed, self.rank, self.spec.world_size, options)
-        return dist.ProcessGroupGloo(self.prefixed, self.rank, self.spec.world_size, timeout)
+        options = dist.ProcessGroupGloo._Options()
+        options._timeout = timeout
+        # gloo's default device binds the address this host's name resolves to, which on
+        # another machine (a pod, a network namespace) may not be the one peers can reach:
+        # bind the address on our route to the store's host instead
+        options._devices = [dist.ProcessGroupGloo.create_device(hostname=self.local_address())]
+        return dist.ProcessGroupGloo(self.prefixed, self.rank, self.spec.world_size, options)
+
+    def local_address(self) -> str:
+        """This rank's address on its route to the epoch's store (the learner's host)."""
+        try:
+            return route_address(self.spec.host, self.spec.port)
+        except OSError:  # no route yet: let gloo resolve this host's name as it would
+            return socket.gethostname()
 
     def connect(self) -> None:
         """Connect every rank now (a warm-up all-reduce of one element); raises
