@@ -212,6 +212,27 @@ def compose(
     typer.echo(f"wrote {out}: learner on GPUs {learner_gpus}, {generators} generator(s)")
 
 
+@app.command("secrets")
+def make_secrets(
+    out: Annotated[Path, typer.Option(help="The .env file compose reads.")] = Path(".env"),
+    force: Annotated[bool, typer.Option(help="Replace an existing file.")] = False,
+    k8s: Annotated[bool, typer.Option("--k8s", help="Print a Kubernetes Secret instead.")] = False,
+    namespace: Annotated[str | None, typer.Option(help="The Secret's namespace.")] = None,
+) -> None:
+    """Random secrets for the stack: .env for compose, or the luffy-secrets Secret (--k8s)."""
+    from services.secrets import KEYS, generate, k8s_secret, write_dotenv
+
+    if k8s:
+        typer.echo(k8s_secret(generate(), namespace), nl=False)
+        return
+    try:
+        write_dotenv(out, generate(), force)
+    except FileExistsError:
+        typer.echo(f"secrets: {out} exists (its values may be in use); --force replaces", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {', '.join(KEYS)} to {out.resolve()} (mode 0600)")
+
+
 Template = Annotated[
     str, typer.Option(help="Prompt template: own | qwen | simplerl | prime | none.")
 ]

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from common.config.algorithm import AlgorithmConfig
 from common.config.base import _Section
+from common.net import redact_url
 
 
 class RunConfig(_Section):
@@ -366,8 +367,11 @@ class Config(_Section):
     """REST status/metrics/control servers."""
 
     def to_toml_dict(self) -> dict[str, Any]:
-        """Plain data (secrets masked, None dropped) suitable for TOML/JSON output."""
-        return _drop_none(self.model_dump(mode="json"))
+        """Plain data (secrets masked, a password inside the Redis URL too, None dropped)
+        suitable for TOML/JSON output."""
+        data = _drop_none(self.model_dump(mode="json"))
+        data["redis"]["url"] = redact_url(self.redis.url)
+        return data
 
 
 def _drop_none(value: Any) -> Any:

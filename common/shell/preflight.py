@@ -42,6 +42,11 @@ def wait_for_redis(redis_: Resilient, url: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     delay = 0.1
     while not redis_.ping():
+        if redis_.auth_refused:
+            raise StartupError(
+                f"redis at {url} refuses us ({redis_.last_error}): set redis.password "
+                "(LUFFY_REDIS__PASSWORD) to its password"
+            )
         if time.monotonic() + delay > deadline:
             raise StartupError(
                 f"redis at {url} is not reachable after {timeout_s:g}s ({redis_.last_error}): "

@@ -52,6 +52,7 @@ class Resilient:
         self.connected = True
         self.outages = 0
         self.last_error = ""
+        self.auth_refused = False  # the last ping failed on credentials
 
     @classmethod
     def from_config(cls, cfg: RedisConfig, stop: threading.Event | None = None) -> Resilient:
@@ -84,6 +85,8 @@ class Resilient:
             self.client.ping()
         except TRANSIENT_ERRORS as exc:
             self.connected, self.last_error = False, str(exc)
+            # a password refused (or missing) is a setup mistake, not an outage
+            self.auth_refused = isinstance(exc, redis.AuthenticationError) or "NOAUTH" in str(exc)
             return False
         self.connected = True
         return True

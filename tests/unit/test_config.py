@@ -107,10 +107,14 @@ def test_every_field_is_documented():
     assert len(list(iter_fields(Config))) > 60
 
 
-def test_every_config_file_in_the_repo_parses():
+def test_every_config_file_in_the_repo_parses(tmp_path):
     files = sorted(REPO.glob("configs/**/*.toml")) + sorted(REPO.glob("deploy/**/*.toml"))
     assert len(files) >= 2
-    for path in files:
+    for k, path in enumerate(files):
+        text = path.read_text()
+        if 'extends = "/app/configs/' in text:  # a Kubernetes run config: the image's configs/
+            path = tmp_path / f"{k}.toml"
+            path.write_text(text.replace('"/app/configs/', f'"{REPO}/configs/'))
         load_config(path, environ={})
 
 
