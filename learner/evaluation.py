@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,18 @@ class Round:
     sources: dict[str, str] = field(default_factory=dict)  # task id -> data source
     rewards: dict[str, list[float]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    # what went wrong when it did (issue #18: a held-out dip is a wrong answer, a missing
+    # think tag, or a response that never stopped; each calls for a different fix)
+    statuses: Counter = field(default_factory=Counter)
+    cut: int = 0  # responses that ran into max_new_tokens
+    tokens: int = 0  # response tokens, summed
+
+    def add(self, scored: ScoredRollout) -> None:
+        task_id = scored.rollout.task_id
+        self.rewards.setdefault(task_id, []).append(scored.reward)
+        self.statuses[scored.status] += 1
+        self.cut += scored.rollout.finish_reason == "length"
+        self.tokens += len(scored.rollout.completion_ids)
 
     def done(self) -> bool:
         return all(len(self.rewards.get(t, [])) >= n for t, n in self.expected.items())
@@ -72,6 +85,9 @@ class Round:
             "prompts": len(per_prompt),
             "samples": sum(len(rs) for rs in per_prompt),
             "complete": self.done(),
+            "status_counts": dict(sorted(self.statuses.items())),
+            "truncated_share": self.cut / max(1, sum(self.statuses.values())),
+            "response_len_mean": self.tokens / max(1, sum(self.statuses.values())),
         }
 
 
@@ -118,7 +134,7 @@ class EvalRounds:
         step = int(task_id[len(PREFIX) :].split(".", 1)[0])
         round_ = self.rounds.get(step)
         if round_ is not None and task_id in round_.expected:
-            round_.rewards.setdefault(task_id, []).append(scored.reward)
+            round_.add(scored)
 
     def finished(self, timeout_s: float) -> list[dict[str, Any]]:
         """Results of rounds that completed or timed out (each reported once)."""

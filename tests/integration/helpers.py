@@ -22,9 +22,15 @@ class Child(subprocess.Popen):
     """A child whose combined output is drained by a thread as it comes, so a chatty child
     never blocks on a full pipe while the test is busy elsewhere."""
 
-    def __init__(self, args: list[str], env: dict[str, str]):
+    def __init__(self, args: list[str], env: dict[str, str], session: bool = False):
         super().__init__(
-            args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+            args,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=session,  # its own process group: killpg ends the whole tree
         )
         self.lines: list[str] = []
         self._cond = threading.Condition()
@@ -55,10 +61,13 @@ class Child(subprocess.Popen):
         return "".join(self.lines)
 
 
-def spawn(*args: str, env: dict[str, str] | None = None) -> Child:
-    """A child python process in the repo root, its output drained into ``child.lines``."""
+def spawn(*args: str, env: dict[str, str] | None = None, session: bool = False) -> Child:
+    """A child python process in the repo root, its output drained into ``child.lines``
+    (``session``: in a process group of its own, as a separate machine's process tree)."""
     return Child(
-        [sys.executable, *args], env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        [sys.executable, *args],
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        session=session,
     )
 
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from common.embedded_redis import EmbeddedRedis
 from common.net import free_port
 from tests.integration.helpers import spawn, spawn_up
 from tests.integration.test_learner_service import write_task
@@ -68,7 +69,13 @@ def case_gpu_on_cpu(tmp_path, model):
     return "generator", model, flags, "sync.backend = 'nccl' needs a CUDA GPU"
 
 
+def case_open_bind_without_token(tmp_path, model):
+    flags = ["--services.host", "0.0.0.0"]
+    return "verifier", model, flags, "services.host '0.0.0.0' is reachable from other machines"
+
+
 CASES = [
+    case_open_bind_without_token,
     case_model_missing,
     case_model_config_broken,
     case_redis_unreachable,
@@ -116,3 +123,18 @@ def test_luffy_up_stops_and_names_the_child_that_cannot_start(redis_url, tmp_pat
     assert up.returncode == 2, out[-3000:]
     assert time.monotonic() - started < 180
     assert "cannot start: model.path" in out and "config.json has no 'model_type'" in out
+
+
+@pytest.mark.parametrize("password", [None, "not-the-password"], ids=["none", "wrong"])
+def test_a_redis_that_refuses_our_password_is_named(run_name, tmp_path, tiny_model_dir, password):
+    """A Redis that requires a password we lack (or get wrong) stops the start at once with the
+    setting to fix, instead of retrying it as an outage for redis.start_timeout_s."""
+    with EmbeddedRedis(tmp_path / "redis", password="the-password") as server:
+        flags = ["--redis.password", password] if password else []
+        rc, out, seconds = run_role(
+            "verifier", server.url, run_name, tmp_path, tiny_model_dir, *flags
+        )
+    assert rc == 2 and "Traceback" not in out, out[-3000:]
+    (line,) = [x for x in out.splitlines() if "cannot start:" in x]
+    assert "refuses us" in line and "redis.password" in line and "the-password" not in out
+    assert seconds < 60

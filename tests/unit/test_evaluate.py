@@ -93,3 +93,29 @@ def test_each_held_out_prompt_samples_with_its_own_seed():
     assert len(set(seeds)) == 64  # one seed a round made its prompts pass or fail together
     assert seeds == [eval_seed(40, i) for i in range(64)]  # reproducible
     assert eval_seed(60, 0) != eval_seed(40, 0)
+
+
+def test_a_held_out_round_says_what_went_wrong():
+    """avg@k and pass@k by hand, and the failures split by verdict, with the share of responses
+    cut by the length cap (a dip of the held-out reward is one of these, issue #18)."""
+    from common.schemas import Rollout, ScoredRollout
+    from learner.evaluation import Round
+
+    def scored(task, reward, status, tokens, finish="stop"):
+        ids = list(range(tokens))
+        rollout = Rollout(f"{task}/{tokens}", task, 0, [1], ids, [-1.0] * tokens, "t", "1", 0)
+        rollout.finish_reason = finish
+        return ScoredRollout(rollout, reward, status)
+
+    round_ = Round(40, {"a": 2, "b": 2})
+    for s in (
+        scored("a", 1.0, "ok", 10),
+        scored("a", 0.0, "wrong", 20),
+        scored("b", 0.0, "unparsable", 40, "length"),
+        scored("b", 0.0, "wrong", 10),
+    ):
+        round_.add(s)
+    result = round_.result()
+    assert result["reward_mean"] == 0.25 and result["pass_at_k"] == 0.5 and result["complete"]
+    assert result["status_counts"] == {"ok": 1, "unparsable": 1, "wrong": 2}
+    assert result["truncated_share"] == 0.25 and result["response_len_mean"] == 20.0
