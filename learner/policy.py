@@ -92,6 +92,14 @@ def build_model(cfg: Config, device: torch.device) -> PolicyLogprobs:
     from transformers import AutoModelForCausalLM
 
     lm = AutoModelForCausalLM.from_pretrained(cfg.model.path, dtype=torch.float32).to(device)
+    if cfg.learner.lora is not None:  # before sharding: FSDP2 shards the adapters too
+        from common.shell import StartupError
+        from learner.lora import add_adapters
+
+        try:
+            add_adapters(lm, cfg.learner.lora)
+        except ValueError as exc:  # target modules this model does not have
+            raise StartupError(str(exc)) from None
     if cfg.learner.activation_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lm.config.use_cache = False

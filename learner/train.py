@@ -107,8 +107,9 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         self.model = build_model(cfg, self.device)
         lc = cfg.learner
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # LoRA: adapters
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=lc.lr, betas=lc.betas, weight_decay=lc.weight_decay
+            trainable, lr=lc.lr, betas=lc.betas, weight_decay=lc.weight_decay
         )
         self.total_steps = lc.max_steps  # rank 0 plans the real count (``plan_steps``)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -222,7 +223,20 @@ class Trainer:
         """Full (unsharded) HF-named tensors on rank 0 (empty elsewhere), gathered one parameter
         at a time (rank 0's peak is the model in ``dtype`` plus one gathered parameter), cast to
         ``dtype`` (default: as trained) and moved to the CPU unless ``on_device`` (a push over
-        NCCL sends them from the GPU). Collective."""
+        NCCL sends them from the GPU). With LoRA, the base model's names with the adapters
+        merged in. Collective."""
+        lora = self.cfg.learner.lora
+        gathered = self._gather(None if lora else dtype, on_device)
+        if lora is None or self.rank != 0:
+            return gathered
+        from learner.lora import merge_adapters, scale
+
+        cast = getattr(torch, dtype) if dtype else None
+        merged = merge_adapters(gathered, scale(lora))
+        return {k: v.to(dtype=cast or v.dtype) for k, v in merged.items()}
+
+    def _gather(self, dtype: str | None, on_device: bool) -> dict[str, torch.Tensor]:
+        """Every trained tensor, unsharded on rank 0 under its HF name (LoRA: PEFT's)."""
         cast = getattr(torch, dtype) if dtype else None
         out: dict[str, torch.Tensor] = {}
         tied = self._tied_names()
@@ -278,9 +292,19 @@ class Trainer:
         return meta
 
     def _export_hf(self, out: str) -> None:
-        full = self.full_state_dict()
-        if self.rank == 0:
-            write_hf_folder(full, out, str(self.cfg.model.path))
+        """``out``: the HF folder (LoRA merged in); with LoRA also ``adapter/`` beside it."""
+        lora = self.cfg.learner.lora
+        gathered = self._gather(None, False)
+        if self.rank != 0:
+            return
+        base = str(self.cfg.model.path)
+        if lora is None:
+            write_hf_folder(gathered, out, base)
+            return
+        from learner.lora import merge_adapters, scale, write_adapter
+
+        write_hf_folder(merge_adapters(gathered, scale(lora)), out, base)
+        write_adapter(gathered, os.path.join(os.path.dirname(out), "adapter"), lora, base)
 
 
 __all__ = ["StepResult", "Trainer", "init_distributed", "rank_device", "train_backend"]

@@ -194,6 +194,23 @@ class VerifierConfig(_Section):
     """Answers longer than this are scored ``error`` without parsing."""
 
 
+class LoraConfig(_Section):
+    rank: int = Field(default=16, ge=1)
+    """Rank r of each adapter: A is r x in_features, B is out_features x r (B starts at 0, so
+    the first push serves the base model unchanged)."""
+    alpha: float = Field(default=32.0, gt=0)
+    """Scale: each target weight W serves as W + (alpha / rank) x B A."""
+    target_modules: list[str] = Field(
+        default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+    )
+    """Linear layers that get an adapter, by module name (Qwen2 and Llama use these names);
+    everything else stays frozen."""
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    """Dropout on the adapter's input while training (0: the learner's log-probs are exactly
+    the policy the generators serve)."""
+
+
 class LearnerConfig(_Section):
     train_file: Path | None = None
     """Training data (parquet or jsonl: prompt, gold answer, off-policy trace, data source)."""
@@ -291,6 +308,12 @@ class LearnerConfig(_Section):
     """Write an HF folder (safetensors + config + tokenizer) inside every checkpoint."""
     group_timeout_s: float = Field(default=600.0, gt=0)
     """An incomplete group waits this long for its samples, then is dropped and counted."""
+    lora: LoraConfig | None = None
+    """Train LoRA adapters instead of every weight (``[learner.lora]``; absent: full
+    training). The base weights stay frozen and AdamW keeps state for the adapters only; the
+    weight push sends the merged weights (W + alpha / rank x B A), so generators serve the
+    adapted policy with no LoRA support of their own; checkpoints hold the adapter in PEFT's
+    format (``adapter/``) beside the merged HF folder (``hf/``)."""
 
     @model_validator(mode="after")
     def _node_in_range(self) -> LearnerConfig:
@@ -385,6 +408,7 @@ __all__ = [
     "Config",
     "GeneratorConfig",
     "LearnerConfig",
+    "LoraConfig",
     "ModelConfig",
     "RedisConfig",
     "RunConfig",

@@ -1,7 +1,7 @@
 """Trainer runs for tests, one or two ranks (under torchrun).
 
     python -m tests.integration.train_procs MODEL_DIR OUT.json STEPS [--save-at N] [--resume DIR]
-        [--nan-at N] [--ckpt-root DIR] [--keep-last K] [--no-share]
+        [--nan-at N] [--ckpt-root DIR] [--keep-last K] [--no-share] [--lora RANK] [--lr LR]
 
 Batches are a fixed function of the step number, so runs are comparable.
 """
@@ -50,13 +50,16 @@ def main() -> None:
     p.add_argument("--keep-last", type=int, default=3)
     p.add_argument("--no-share", action="store_true", help="learner.share_prompts = false")
     p.add_argument("--collective-timeout", default="600", help="learner.collective_timeout_s")
+    p.add_argument("--lora", type=int, default=0, help="learner.lora.rank (0: full training)")
+    p.add_argument("--lr", default="1e-3", help="learner.lr")
     a = p.parse_args()
+    lora = ["--learner.lora.rank", str(a.lora), "--learner.lora.alpha", str(2 * a.lora)]
     cfg = load_config(
         overrides=[
             "--model.path",
             a.model,
             "--learner.lr",
-            "1e-3",
+            a.lr,
             "--learner.micro_batch_tokens",
             "200",
             "--sync.backend",
@@ -65,6 +68,7 @@ def main() -> None:
             str(not a.no_share).lower(),
             "--learner.collective_timeout_s",
             a.collective_timeout,
+            *(lora if a.lora else []),
         ],
         environ={},
     )
