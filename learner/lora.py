@@ -41,17 +41,24 @@ def add_adapters(lm: torch.nn.Module, cfg: LoraConfig) -> int:
             f"learner.lora.target_modules {missing} name no linear layer of this model "
             f"(its linear layers: {linear})"
         )
-    peft_cfg = peft.LoraConfig(
+    peft.inject_adapter_in_model(peft_config(cfg), lm)
+    for name, param in lm.named_parameters():  # only the adapters learn
+        param.requires_grad = "lora_" in name
+    return sum(p.numel() for p in lm.parameters() if p.requires_grad)
+
+
+def peft_config(cfg: LoraConfig, **extra: Any) -> Any:
+    """PEFT's LoraConfig for ours (``extra``: fields of the saved adapter's config)."""
+    import peft
+
+    return peft.LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         target_modules=list(cfg.target_modules),
         lora_dropout=cfg.dropout,
         bias="none",
+        **extra,
     )
-    peft.inject_adapter_in_model(peft_cfg, lm)
-    for name, param in lm.named_parameters():  # only the adapters learn
-        param.requires_grad = "lora_" in name
-    return sum(p.numel() for p in lm.parameters() if p.requires_grad)
 
 
 def _is_linear(module: torch.nn.Module) -> bool:
@@ -91,7 +98,6 @@ def adapter_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def write_adapter(state: dict[str, torch.Tensor], out: str, cfg: LoraConfig, base: str) -> None:
     """``out``/adapter_model.safetensors and adapter_config.json, as PEFT's
     ``save_pretrained`` writes them, for the base model at ``base``."""
-    import peft
     from safetensors.torch import save_file
 
     os.makedirs(out, exist_ok=True)
@@ -100,15 +106,7 @@ def write_adapter(state: dict[str, torch.Tensor], out: str, cfg: LoraConfig, bas
         os.path.join(out, "adapter_model.safetensors"),
         metadata={"format": "pt"},
     )
-    peft_cfg = peft.LoraConfig(
-        r=cfg.rank,
-        lora_alpha=cfg.alpha,
-        target_modules=list(cfg.target_modules),
-        lora_dropout=cfg.dropout,
-        bias="none",
-        base_model_name_or_path=base,
-        task_type="CAUSAL_LM",
-    )
+    peft_cfg = peft_config(cfg, base_model_name_or_path=base, task_type="CAUSAL_LM")
     with open(os.path.join(out, "adapter_config.json"), "w") as fh:
         json.dump(_jsonable(peft_cfg.to_dict()), fh, indent=2)
 

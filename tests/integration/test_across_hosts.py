@@ -17,7 +17,6 @@ import os
 import signal
 import subprocess
 import time
-from collections import Counter
 
 import httpx
 import pytest
@@ -30,7 +29,7 @@ from common.transport import Keys, Resilient
 from common.transport.weight_sync import SyncBoard
 from tests.integration.helpers import spawn, stop_services, wait_for
 from tests.integration.netns import NetHosts, netns_available
-from tests.integration.test_chaos import fed_ids
+from tests.integration.test_chaos import account
 from tests.integration.test_learner_service import learner_args, write_task
 
 PASSWORD, TOKEN = "redis-pass-for-the-test", "token-for-the-test"
@@ -163,20 +162,14 @@ def test_generators_on_other_hosts_train_drop_out_and_rejoin(
     run_dir = tmp_path / run
     newest = sorted((run_dir / "checkpoints").glob("step_*"))[-1]
     meta = json.loads((newest / "meta.json").read_text())
-    seen: Counter = Counter()
-    for path in sorted((run_dir / "ledger").glob("step_*.json")):
-        for ids in json.loads(path.read_text()).values():
-            seen.update(ids)
-    duplicates = sum(c - 1 for c in seen.values() if c > 1)
-    fed = fed_ids(meta["feeder"]["cursor"], 60)
-    accounted = set(seen) | {f["task_id"] for f in meta["feeder"]["inflight"]}
-    assert duplicates == 0 and fed == accounted, (duplicates, fed ^ accounted)
+    books = account(run_dir, meta, 60)
+    assert books.duplicates == 0 and books.fed == books.accounted, books
     faults.add(
         "a generator host's link cut mid-batch, then restored",
         injected=1,
         survived=1,
-        lost=len(fed - accounted),
-        duplicated=duplicates,
+        lost=len(books.fed - books.accounted),
+        duplicated=books.duplicates,
         dropped_from_sync_s=round(dropped_s, 1),
         tasks_reclaimed_s=round(reclaimed_s, 1),
         rejoined_s=round(rejoined_s, 1),

@@ -17,6 +17,8 @@ import signal
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -32,6 +34,37 @@ KILLS = 10
 def fed_ids(cursor: dict, train_size: int) -> set[str]:
     ids = {f"e{e}-{p}" for e in range(cursor["epoch"]) for p in range(train_size)}
     return ids | {f"e{cursor['epoch']}-{p}" for p in range(cursor["position"])}
+
+
+@dataclass
+class Accounting:
+    """What a run's ledger says of every task the feeder fed, up to checkpoint ``meta``."""
+
+    outcomes: Counter  # outcome -> tasks
+    duplicates: int  # tasks trained (or dropped) more than once
+    fed: set[str]
+    seen: set[str]  # in the ledger
+    inflight: set[str]  # in flight at the checkpoint
+
+    @property
+    def accounted(self) -> set[str]:
+        return self.seen | self.inflight
+
+
+def account(run_dir: Path, meta: dict, train_size: int) -> Accounting:
+    seen: Counter = Counter()
+    outcomes: Counter = Counter()
+    for path in sorted((run_dir / "ledger").glob("step_*.json")):
+        for outcome, ids in json.loads(path.read_text()).items():
+            outcomes[outcome] += len(ids)
+            seen.update(ids)
+    return Accounting(
+        outcomes,
+        sum(c - 1 for c in seen.values() if c > 1),
+        fed_ids(meta["feeder"]["cursor"], train_size),
+        set(seen),
+        {f["task_id"] for f in meta["feeder"]["inflight"]},
+    )
 
 
 def last_step(run_dir) -> int:
@@ -118,17 +151,10 @@ def test_chaos_run_loses_and_duplicates_nothing(redis_url, tmp_path, faults):
     ledgers = sorted((run_dir / "ledger").glob("step_*.json"))
     ledger_steps = [int(p.stem.split("_")[1]) for p in ledgers]
     assert ledger_steps == sorted(set(ledger_steps)) and ledger_steps[-1] == final["step"]
-    outcomes: Counter = Counter()
-    seen: Counter = Counter()
-    for path in ledgers:
-        for outcome, ids in json.loads(path.read_text()).items():
-            outcomes[outcome] += len(ids)
-            seen.update(ids)
-    duplicates = sum(c - 1 for c in seen.values() if c > 1)
     train_size = sum(1 for _ in (task / "train.jsonl").open())
-    fed = fed_ids(final["feeder"]["cursor"], train_size)
-    inflight = {f["task_id"] for f in final["feeder"]["inflight"]}
-    accounted = set(seen) | inflight
+    books = account(run_dir, final, train_size)
+    outcomes, duplicates, fed = books.outcomes, books.duplicates, books.fed
+    accounted, inflight = books.accounted, books.inflight
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     versions = [r["version"] for r in rows]
     evals = [r for r in rows if r["kind"] == "eval"]
@@ -159,7 +185,7 @@ def test_chaos_run_loses_and_duplicates_nothing(redis_url, tmp_path, faults):
     )
     assert duplicates == 0
     assert fed - accounted == set() and accounted - fed == set()
-    assert not (set(seen) & inflight)
+    assert not (books.seen & inflight)
     assert versions == sorted(versions), "policy version went backwards"
     assert evals and evals[-1]["reward_mean"] > evals[0]["reward_mean"]
     delete_run_keys(resilient.client, keys)

@@ -13,7 +13,6 @@ machine), rendezvousing over TCP at node 0's ``master_addr:master_port``.
 import contextlib
 import json
 import time
-from collections import Counter
 
 import httpx
 import psutil
@@ -23,7 +22,7 @@ from common.membership import list_members
 from common.net import free_port
 from common.transport import Keys, delete_run_keys
 from tests.integration.helpers import spawn, wait_for
-from tests.integration.test_chaos import fed_ids
+from tests.integration.test_chaos import account
 from tests.integration.test_learner_service import learner_args, start_helpers, stop, write_task
 
 SFT = [
@@ -143,19 +142,13 @@ def test_a_killed_learner_node_resumes_from_its_checkpoint_and_loses_nothing(
     assert "resumed from" in outs[0]
     meta = json.loads((run_dir / "checkpoints" / "step_00000012" / "meta.json").read_text())
     assert meta["world"] == 2
-    seen: Counter = Counter()
-    for path in sorted((run_dir / "ledger").glob("step_*.json")):
-        for ids in json.loads(path.read_text()).values():
-            seen.update(ids)
-    duplicates = sum(c - 1 for c in seen.values() if c > 1)
-    fed = fed_ids(meta["feeder"]["cursor"], 60)
-    accounted = set(seen) | {f["task_id"] for f in meta["feeder"]["inflight"]}
-    assert duplicates == 0 and fed == accounted, (duplicates, fed ^ accounted)
+    books = account(run_dir, meta, 60)
+    assert books.duplicates == 0 and books.fed == books.accounted, books
     faults.add(
         "learner node killed mid-run (2 nodes x 1 rank)",
         injected=1,
         survived=1,
-        lost=len(fed - accounted),
-        duplicated=duplicates,
+        lost=len(books.fed - books.accounted),
+        duplicated=books.duplicates,
         node_0_stopped_s=round(noticed_s, 1),
     )

@@ -5,14 +5,13 @@ generator and verifier notice too and commit nothing read under the lost state; 
 with every fed task trained once or accounted for, and versions never go backwards."""
 
 import json
-from collections import Counter
 
 import httpx
 
 from common.membership import list_members
 from common.transport import Keys, delete_run_keys
 from tests.integration.helpers import spawn, wait_for
-from tests.integration.test_chaos import fed_ids
+from tests.integration.test_chaos import account
 from tests.integration.test_learner_service import learner_args, start_helpers, stop, write_task
 
 
@@ -52,26 +51,17 @@ def test_a_run_whose_redis_state_is_lost_rebuilds_it_and_loses_nothing(
     assert "fed its" in out2 and "in-flight tasks again" in out2
     assert "Redis lost the run's state" in gen_log + ver_log  # they noticed too
     meta = json.loads((run_dir / "checkpoints" / "step_00000012" / "meta.json").read_text())
-    seen: Counter = Counter()
-    outcomes: Counter = Counter()
-    for path in sorted((run_dir / "ledger").glob("step_*.json")):
-        for outcome, ids in json.loads(path.read_text()).items():
-            seen.update(ids)
-            outcomes[outcome] += len(ids)
-    duplicates = sum(c - 1 for c in seen.values() if c > 1)
-    fed = fed_ids(meta["feeder"]["cursor"], 60)
-    inflight = {f["task_id"] for f in meta["feeder"]["inflight"]}
-    accounted = set(seen) | inflight
+    books = account(run_dir, meta, 60)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     versions = [r["version"] for r in rows]
-    assert duplicates == 0 and fed == accounted, (duplicates, fed ^ accounted)
+    assert books.duplicates == 0 and books.fed == books.accounted, books
     assert versions == sorted(versions), "policy version went backwards"
     faults.add(
         "Redis lost the run's state mid-run",
         injected=1,
         survived=1,
-        lost=len(fed - accounted),
-        duplicated=duplicates,
+        lost=len(books.fed - books.accounted),
+        duplicated=books.duplicates,
         keys_deleted=deleted,
-        outcomes=dict(outcomes),
+        outcomes=dict(books.outcomes),
     )

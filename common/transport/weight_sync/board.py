@@ -50,10 +50,15 @@ class SyncState:
 
 
 class SyncBoard:
-    """The sync records of one run in Redis."""
+    """The sync records of one run in Redis. Receivers poll ``read`` every few milliseconds
+    while they generate, so it fetches the push's bucket layout (one entry per parameter:
+    tens of KB for a 7B model) only when the push's head (version, epoch) changed, and parses
+    the epoch record only when its bytes changed."""
 
     def __init__(self, redis_: Resilient, keys: Keys):
         self.redis, self.keys = redis_, keys
+        self._epoch: tuple[bytes | None, EpochRecord | None] = (None, None)
+        self._push: tuple[bytes | None, PushRecord | None] = (None, None)
 
     def acks_key(self, version: int, epoch: int) -> str:
         """Acks of one push attempt: a retried push (same version, new epoch) starts clean."""
@@ -69,20 +74,37 @@ class SyncBoard:
             "created": push.created,
             "buckets": push.buckets,
         }
-        self.redis.call(self.redis.client.set, f"{self.keys.sync}:push", json.dumps(body))
+        head = f"{push.version} {push.epoch} {push.created!r}"
+
+        def write() -> None:  # body and head change together (MULTI)
+            pipe = self.redis.client.pipeline(transaction=True)
+            pipe.set(f"{self.keys.sync}:push", json.dumps(body))
+            pipe.set(f"{self.keys.sync}:push:head", head)
+            pipe.execute()
+
+        self.redis.call(write)
 
     def read(self) -> SyncState:
-        """The current epoch, the latest push and the policy version, in one round trip."""
-        raw_epoch, raw_push, raw_version = self.redis.call(
+        """The current epoch, the latest push and the policy version: one round trip, plus one
+        for the push's body when its head changed since the last read."""
+        raw_epoch, head, raw_version = self.redis.call(
             self.redis.client.mget,
-            [self.keys.sync, f"{self.keys.sync}:push", self.keys.policy_version],
+            [self.keys.sync, f"{self.keys.sync}:push:head", self.keys.policy_version],
         )
-        epoch = EpochRecord(**json.loads(raw_epoch)) if raw_epoch else None
-        push = None
-        if raw_push:
-            body = json.loads(raw_push)
-            push = PushRecord(body["version"], body["epoch"], body["buckets"], body["created"])
-        return SyncState(epoch, push, int(raw_version) if raw_version is not None else 0)
+        if raw_epoch != self._epoch[0]:
+            self._epoch = (raw_epoch, EpochRecord(**json.loads(raw_epoch)) if raw_epoch else None)
+        if head != self._push[0]:
+            self._push = (head, self._read_push() if head else None)
+        return SyncState(
+            self._epoch[1], self._push[1], int(raw_version) if raw_version is not None else 0
+        )
+
+    def _read_push(self) -> PushRecord | None:
+        raw = self.redis.call(self.redis.client.get, f"{self.keys.sync}:push")
+        if not raw:
+            return None
+        body = json.loads(raw)
+        return PushRecord(body["version"], body["epoch"], body["buckets"], body["created"])
 
     def ack(self, version: int, epoch: int, member: str, ok: bool, detail: str = "") -> None:
         value = json.dumps({"ok": ok, "detail": detail[:500], "time": time.time()})
