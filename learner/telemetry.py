@@ -5,7 +5,8 @@ the ``/status`` JSON.
 statistics, last sync, last evaluation, queue depths, entries trimmed); it reads the loop's
 parts (feeder, assembler, bookkeeping, consumer) only through the gauges and ``status``. It
 writes nothing but ``<run>/metrics.jsonl`` (one row per step and per evaluation, the source of
-truth for plots).
+truth for plots) and hands each row, once written, to the run's experiment trackers
+(``learner.tracking``, off unless ``[tracking]`` turns one on; it lives on rank 0 only).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from common.transport import StreamConsumer
 from learner.batch import GroupAssembler, TrainBatch
 from learner.bookkeeping import Bookkeeping
 from learner.feeder import Feeder
+from learner.tracking import Trackers
 from learner.train import StepResult
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class LearnerTelemetry:
         self.trimmed = 0
         self.checkpoint_error = ""  # the last checkpoint's failure, until one succeeds
         self.rows_lost = 0  # metrics.jsonl rows that could not be written
+        self.trackers = Trackers()  # the worker sets the run's once nothing can refuse the start
         self._register(metrics, consumer)
 
     def _register(self, m: Metrics, consumer: StreamConsumer) -> None:
@@ -107,6 +110,11 @@ class LearnerTelemetry:
             self.rows_lost += 1
             if self.rows_lost == 1 or self.rows_lost % 100 == 0:
                 log.error("cannot append to %s (%s): %d rows lost", self.path, exc, self.rows_lost)
+        self.trackers.log_row(row)
+
+    def close(self) -> None:
+        """The end of the run: flush and close the trackers."""
+        self.trackers.close()
 
     def step(self, result: StepResult, batch: TrainBatch) -> None:
         """A training step: metrics, its metrics.jsonl row and a log line."""

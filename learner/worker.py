@@ -56,6 +56,7 @@ from learner.startup import (
     state_lost,
 )
 from learner.telemetry import LearnerTelemetry
+from learner.tracking import Trackers, check_trackers, make_trackers
 from learner.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class LearnerWorker:
         self.objective = make_objective(cfg.algorithm)
         check_gpu_request(cfg.sync.backend)
         check_model_folder(cfg.model.path)
+        check_trackers(cfg.tracking)
         self.examples, self.bad_rows = load_training_data(self.lc, self.objective)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         self.ranks = Ranks(Trainer(cfg, self.objective))
@@ -148,6 +150,9 @@ class LearnerWorker:
             self.evals.start(self.ranks.step)
         for delivery in self.consumer.fetch_own_pending():
             self._accept(delivery)
+        # last: a start refused above leaves no tracker run open (close() runs only after a
+        # finished setup), and no row has been written yet
+        self.telemetry.trackers = Trackers(make_trackers(cfg))
         log.info(
             "learner ready: %d examples (%d bad rows skipped), step %d, version %d",
             len(self.examples),
@@ -196,13 +201,16 @@ class LearnerWorker:
             self._sync()
 
     def close(self) -> None:
-        if self.ranks is not None:
-            if self.checkpoints.behind:  # leave a checkpoint to resume from
-                try:
-                    self._checkpoint()
-                except FatalError as exc:
-                    log.error("learner stops: %s", exc)
-            self.ranks.stop()
+        try:
+            if self.ranks is not None:
+                if self.checkpoints.behind:  # leave a checkpoint to resume from
+                    try:
+                        self._checkpoint()
+                    except FatalError as exc:
+                        log.error("learner stops: %s", exc)
+                self.ranks.stop()
+        finally:
+            self.telemetry.close()
 
     # ---------------------------------------------------------------- loop
 

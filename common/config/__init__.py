@@ -27,8 +27,11 @@ from common.config.sections import (
     RunConfig,
     ServicesConfig,
     SyncConfig,
+    TensorBoardConfig,
     TinyModelConfig,
+    TrackingConfig,
     VerifierConfig,
+    WandbConfig,
 )
 
 __all__ = [
@@ -44,8 +47,11 @@ __all__ = [
     "RunConfig",
     "ServicesConfig",
     "SyncConfig",
+    "TensorBoardConfig",
     "TinyModelConfig",
+    "TrackingConfig",
     "VerifierConfig",
+    "WandbConfig",
     "cli_overrides",
     "env_overrides",
     "iter_fields",

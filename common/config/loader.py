@@ -11,7 +11,7 @@ import os
 import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel, ValidationError
 
@@ -98,15 +98,24 @@ def cli_overrides(args: Sequence[str]) -> dict[str, tuple[str, str]]:
     return out
 
 
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The section a field holds: ``Section``, or ``Section | None`` for a section that is off
+    unless present (``[learner.lora]``, ``[tracking.wandb]``); None for a plain value."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
 def _field_names(model: type[BaseModel], path: Sequence[str | int]) -> list[str]:
     """Valid keys at ``path`` (for 'did you mean')."""
-    current: Any = model
+    current: type[BaseModel] | None = model
     for part in path:
-        field = getattr(current, "model_fields", {}).get(part)
-        if field is None or not isinstance(field.annotation, type):
+        field = current.model_fields.get(str(part))
+        current = _section_model(field.annotation) if field is not None else None
+        if current is None:
             return []
-        current = field.annotation
-    return list(getattr(current, "model_fields", {}))
+    return list(current.model_fields)
 
 
 def _explain(exc: ValidationError, sources: Mapping[str, str]) -> ConfigError:
@@ -187,9 +196,9 @@ def iter_fields(model: type[BaseModel] = Config, prefix: str = ""):
     for name, field in model.model_fields.items():
         dotted = f"{prefix}{name}"
         yield dotted, field
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            yield from iter_fields(annotation, dotted + ".")
+        section = _section_model(field.annotation)
+        if section is not None:
+            yield from iter_fields(section, dotted + ".")
 
 
 def write_resolved(config: Config, run_dir: Path, role: str) -> Path:

@@ -15,7 +15,9 @@ from learner.checkpoint import list_checkpoints
 from learner.data import load_examples
 from learner.feeder import Feeder
 from learner.objective import make_objective
+from learner.tracking import tracker_row
 from tests.integration.helpers import spawn, stop_services, wait_for
+from tests.tracking_files import tensorboard_scalars, wandb_env, wandb_offline_run
 
 
 def write_task(path, n=60):
@@ -302,3 +304,30 @@ def test_sft_recipe_runs_without_generators(redis_url, run_name, tmp_path, tiny_
     assert lrs[0] == pytest.approx(5e-5) and lrs[-1] == pytest.approx(5e-6)
     assert all(a >= b for a, b in itertools.pairwise(lrs))
     assert all(r["loss"] > 0 for r in steps)  # the NLL of the traces
+
+
+def test_trackers_mirror_every_metrics_row(redis_url, run_name, tmp_path, tiny_model_dir):
+    """Two SFT steps with both trackers on (W&B offline through WANDB_MODE): each holds every
+    number of every metrics.jsonl row at its step."""
+    data = write_task(tmp_path / "train.jsonl", n=8)
+    args = learner_args(redis_url, run_name, tmp_path, tiny_model_dir, data)
+    trackers = [
+        "--algorithm.mode", "sft", "--learner.max_steps", "2",
+        "--tracking.tensorboard", "{}", "--tracking.wandb.project", "luffy-test",
+    ]  # fmt: skip
+    proc = spawn("-m", "services.learner", *args, *trackers, env=wandb_env(tmp_path))
+    out = proc.output(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    run_dir = tmp_path / run_name
+    rows = [tracker_row(json.loads(line)) for line in (run_dir / "metrics.jsonl").open()]
+    assert [step for step, _ in rows] == [1, 2]
+    scalars = tensorboard_scalars(run_dir / "tensorboard")
+    config, history = wandb_offline_run(run_dir)
+    assert config["run"]["name"] == run_name and config["algorithm"]["mode"] == "sft"
+    assert len(history) == 2
+    for (step, values), logged in zip(rows, history, strict=True):
+        assert "train/loss" in values and "train/lr" in values
+        assert logged["step"] == step
+        for name, value in values.items():
+            assert logged[name] == pytest.approx(value), name
+            assert (step, pytest.approx(value, rel=1e-6)) in scalars[name], name
