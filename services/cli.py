@@ -161,12 +161,23 @@ def init(ctx: typer.Context, config: ConfigOpt = None) -> None:
 
 
 @app.command(context_settings=OVERRIDES)
-def status(ctx: typer.Context, config: ConfigOpt = None) -> None:
-    """Show the cluster: live members, queue depths and deadletter count."""
-    cfg = resolve(config, list(ctx.args))
-    from services.status import print_status
+def status(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The snapshot as JSON on stdout, no table.")
+    ] = False,
+) -> None:
+    """Show the cluster: live members, queue depths and deadletter count. --watch [SECONDS]
+    redraws it in place every SECONDS (default 2) until Ctrl-C."""
+    from services.status import show, split_watch
 
-    raise typer.Exit(print_status(cfg))
+    try:
+        every_s, overrides = split_watch(list(ctx.args))
+    except ValueError as exc:
+        typer.echo(f"status: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(show(resolve(config, overrides), every_s, as_json))
 
 
 @app.command()

@@ -1,8 +1,14 @@
-"""``luffy status``: one table of a run, from Redis (members, queue depths, deadletters,
-policy version) and every live service's /status (versions, rates, stale drops)."""
+"""``luffy status``: a snapshot of a run, from Redis (members, queue depths, deadletters,
+policy version) and every live service's /status (versions, rates, stale drops), drawn once,
+redrawn in place (``--watch``) or written as JSON (``--json``). ``services.status_view``
+draws it at any terminal width."""
 
 from __future__ import annotations
 
+import json
+import math
+import sys
+import time
 from contextlib import nullcontext
 from typing import Any
 
@@ -13,6 +19,7 @@ from common.membership import list_members
 from common.net import redact_url
 from common.transport import Keys, Resilient, stream_depths
 from services.stack import ROLES
+from services.status_view import StatusView
 
 
 def status_client(timeout_s: float = 0.5) -> httpx.Client:
@@ -58,48 +65,47 @@ def collect(
     return snap
 
 
-def member_rows(snap: dict[str, Any]) -> list[list[str]]:
-    """One row per live service: role, id, address, ready, version, progress, rate, notes."""
-    rows = []
-    for role in ROLES:
-        statuses = snap.get("statuses", {}).get(role, [])
-        for member, status in zip(snap["members"][role], statuses, strict=False):
-            counters = status.get("counters", {})
-            if role == "learner":
-                progress = f"step {status.get('step')}/{status.get('max_steps')}"
-                rate = f"reward {_fmt(status.get('reward_mean'))}"
-                notes = f"stale dropped {(status.get('resolved') or {}).get('stale', 0)}"
-            elif role == "generator":
-                progress = f"tasks {int(counters.get('tasks', 0))}"
-                rate = f"{status.get('tokens_per_s', 0)} tok/s"
-                notes = (
-                    status.get("sync", {}).get("last_error")
-                    or f"epoch {status.get('sync', {}).get('epoch')}"
-                )
-            else:
-                scored = counters.get("scored", {})
-                progress = f"scored {int(sum(scored.values()))}"
-                rate = f"inflight {status.get('inflight', 0)}"
-                notes = f"timeouts {counters.get('timeouts', 0)}"
-            version = status.get("policy_version", member.get("policy_version", "-"))
-            rows.append(
-                [
-                    role,
-                    str(member.get("id")),
-                    f"{member.get('host')}:{member.get('port')}",
-                    "yes" if member.get("ready") else "; ".join(member.get("not_ready") or ["no"]),
-                    str(version),
-                    progress,
-                    rate,
-                    str(notes),
-                ]
-            )
-    return rows
+WATCH_DEFAULT_S = 2.0
+
+
+def split_watch(args: list[str]) -> tuple[float | None, list[str]]:
+    """``--watch``, ``--watch SECONDS`` or ``--watch=SECONDS`` taken out of the command's extra
+    arguments (the rest are config overrides). Parsed here because the value is optional,
+    which the command-line library cannot declare."""
+    every_s, rest, i = None, [], 0
+    while i < len(args):
+        arg, i = args[i], i + 1
+        if arg.startswith("--watch="):
+            every_s = _seconds(arg.partition("=")[2])
+        elif arg == "--watch":
+            every_s = WATCH_DEFAULT_S
+            if i < len(args) and not args[i].startswith("--"):
+                every_s, i = _seconds(args[i]), i + 1
+        else:
+            rest.append(arg)
+    return every_s, rest
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"--watch takes seconds, not {value!r}") from None
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"--watch takes seconds > 0, not {value}")
+    return seconds
+
+
+def show(cfg: Config, watch_s: float | None = None, as_json: bool = False) -> int:
+    """``luffy status [--watch [SECONDS]] [--json]``; returns the exit code."""
+    if as_json:
+        return print_json(cfg)
+    return print_status(cfg) if watch_s is None else watch(cfg, watch_s)
 
 
 def print_status(cfg: Config) -> int:
+    """The table once (exit 2 when Redis cannot be reached)."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     try:
@@ -107,24 +113,62 @@ def print_status(cfg: Config) -> int:
     except ConnectionError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
-    dead = snap["streams"].get("deadletter", {}).get("length", 0)
-    console.print(
-        f"run [bold]{snap['run']}[/bold]  policy version {snap['policy_version']}  "
-        f"deadletter entries {dead}"
-    )
-    members = Table("role", "id", "address", "ready", "version", "progress", "rate", "notes")
-    for row in member_rows(snap):
-        members.add_row(*row)
-    console.print(members)
-    streams = Table("stream", "length", "not yet read", "read, unacked")
-    for name, depth in snap["streams"].items():
-        streams.add_row(name, *(str(depth.get(k, "")) for k in ("length", "lag", "pending")))
-    console.print(streams)
+    console.print(StatusView(snap))
     return 0
 
 
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def print_json(cfg: Config) -> int:
+    """The snapshot ``collect`` builds, as JSON on stdout: for scripts, so nothing else goes
+    there (the error, if any, goes to stderr)."""
+    try:
+        snap = collect(cfg, with_services=True)
+    except ConnectionError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    sys.stdout.write(json.dumps(snap, indent=2, sort_keys=True) + "\n")
+    return 0
 
 
-__all__ = ["collect", "fetch_status", "member_rows", "print_status", "status_client"]
+def watch(cfg: Config, every_s: float, console: Any = None, refreshes: int | None = None) -> int:
+    """Redraw the table in place every ``every_s`` until Ctrl-C (``refreshes``: stop after
+    that many draws). A Redis that goes away is shown and retried, not fatal: watching is what
+    one does while a run is in trouble."""
+    from rich.live import Live
+
+    redis_ = Resilient.from_config(cfg.redis)  # kept across draws, as the dashboard does
+    drawn = 0
+    with status_client() as http, Live(console=console, auto_refresh=False) as live:
+        try:
+            while refreshes is None or drawn < refreshes:
+                if drawn:
+                    time.sleep(every_s)
+                live.update(frame(cfg, every_s, redis_, http), refresh=True)
+                drawn += 1
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how a watch ends: exit 0, leaving the last frame on screen
+    return 0
+
+
+def frame(cfg: Config, every_s: float, redis_: Resilient, http: httpx.Client) -> Any:
+    """One draw of ``watch``: the view of a fresh snapshot, or why there is none."""
+    from rich.text import Text
+
+    stamp = time.strftime("%H:%M:%S")
+    try:
+        snap = collect(cfg, with_services=True, redis_=redis_, http=http)
+    except ConnectionError as exc:
+        return Text(f"{stamp}  {exc}; retrying every {every_s:g}s (Ctrl-C stops)", style="red")
+    return StatusView(snap, note=f"{stamp}, every {every_s:g}s; Ctrl-C stops")
+
+
+__all__ = [
+    "collect",
+    "fetch_status",
+    "frame",
+    "print_json",
+    "print_status",
+    "show",
+    "split_watch",
+    "status_client",
+    "watch",
+]

@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -77,7 +78,10 @@ class PoolStats:
 
 
 class ScoringPool:
-    """``submit`` returns a future; each job gets at most ``timeout_s`` of a worker."""
+    """``submit`` returns a future; each job gets at most ``timeout_s`` of a worker.
+    ``preload``: modules the forkserver imports once (the configured reward plugin's), so
+    workers forked from it start with them loaded (forkserver only; the first pool of a process
+    decides, as the forkserver starts once)."""
 
     def __init__(
         self,
@@ -85,6 +89,7 @@ class ScoringPool:
         timeout_s: float,
         start_method: str = "forkserver",
         stall_s: float = 1.0,
+        preload: Sequence[str] = (),
     ):
         if workers < 1:
             raise ValueError("a scoring pool needs at least one worker")
@@ -96,7 +101,9 @@ class ScoringPool:
         self.stats = PoolStats()
         self._ctx = mp.get_context(start_method)
         if start_method == "forkserver":
-            self._ctx.set_forkserver_preload(_PRELOAD)
+            # a plugin's module too: otherwise every fresh worker (one per timeout) would import
+            # it on its first job, inside that job's time limit
+            self._ctx.set_forkserver_preload([*_PRELOAD, *preload])
         self._queue: deque[_Job] = deque()
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = self._ctx.Pipe(duplex=False)

@@ -1,4 +1,6 @@
-"""Reward functions: pure ``(response, gold, think_tags) -> Verdict``, chosen by name.
+"""Reward functions: pure ``(response, gold, think_tags) -> Verdict``, chosen by name: a
+built-in here, a plugin installed under the ``luffy.rewards`` entry-point group, or an import
+path ``package.module:function`` (README, "Verifier", has the contract).
 
 ``math`` is LUFFY's rule: with think templates the response must contain ``</think>`` and the
 answer is the text after the first one (up to a second); reward 1 iff
@@ -13,9 +15,12 @@ instead of quietly returning "wrong".
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 import re
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol
 
 THINK_CLOSE = "</think>"
@@ -147,25 +152,57 @@ def reward_for_source(data_source: str, default: str = "math") -> str:
     return "choice" if any(tag in source for tag in CHOICE_SOURCES) else default
 
 
+PLUGIN_GROUP = "luffy.rewards"
+
+
+@functools.cache
+def plugins() -> dict[str, EntryPoint]:
+    """Installed reward plugins by name (the ``luffy.rewards`` entry-point group). Read once
+    per process: a scan of every installed package's metadata costs tens of ms, and the
+    scoring workers resolve the name of every job they score."""
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
 def make_reward(name: str) -> RewardFn:
-    """A built-in reward by name, or a function by import path ``package.module:function``."""
+    """The reward function called ``name``: a built-in, else an installed plugin of that name,
+    else an import path ``package.module:function``. Raises ValueError or ImportError."""
     if name in REWARDS:
         return REWARDS[name]
+    if name in plugins():
+        ep = plugins()[name]
+        return _load(ep.module, ep.attr, f"{name} (plugin {ep.value})")
     module, sep, attr = name.partition(":")
     if not sep:
         raise ValueError(
-            f"unknown reward function {name!r}; known: {sorted(REWARDS)} (or give an import "
-            "path package.module:function)"
+            f"unknown reward function {name!r}; built-in: {', '.join(sorted([*REWARDS, 'auto']))}; "
+            f"installed plugins ({PLUGIN_GROUP}): {', '.join(sorted(plugins())) or 'none'}; "
+            "or give an import path package.module:function"
         )
-    import importlib
+    return _load(module, attr, name)
 
-    fn = getattr(importlib.import_module(module), attr, None)
+
+def reward_module(name: str) -> str | None:
+    """The module a reward name loads its function from (None for the built-ins): the scoring
+    pool imports it into its forkserver so each worker starts with the plugin loaded."""
+    if name in REWARDS or name == "auto":
+        return None
+    if name in plugins():
+        return plugins()[name].module
+    module, sep, _ = name.partition(":")
+    return module if sep else None
+
+
+def _load(module: str, attr: str, what: str) -> RewardFn:
+    fn = importlib.import_module(module)
+    for part in attr.split("."):  # entry points may name a nested attribute (Class.method)
+        fn = getattr(fn, part, None)
     if not callable(fn):
-        raise ValueError(f"reward {name!r}: {module} has no function {attr!r}")
+        raise ValueError(f"reward {what}: {module} has no function {attr!r}")
     return fn
 
 
 __all__ = [
+    "PLUGIN_GROUP",
     "REWARDS",
     "RewardFn",
     "Verdict",
@@ -174,4 +211,6 @@ __all__ = [
     "make_reward",
     "math_reward",
     "missing_think_tag",
+    "plugins",
+    "reward_module",
 ]

@@ -30,7 +30,13 @@ from common.shell import ServiceContext, StartupError
 from common.transport import Delivery, Output, RunStateLost, StreamConsumer, stream_depths
 from common.transport.marker import RunMarker
 from verifier.pool import ScoringPool
-from verifier.rewards import Verdict, make_reward, missing_think_tag, reward_for_source
+from verifier.rewards import (
+    Verdict,
+    make_reward,
+    missing_think_tag,
+    reward_for_source,
+    reward_module,
+)
 
 log = logging.getLogger(__name__)
 _LAG_EVERY_S = 1.0
@@ -63,13 +69,14 @@ class VerifierWorker:
         cfg = ctx.config.verifier
         if cfg.reward != "auto":
             try:
-                make_reward(cfg.reward)  # fail fast on an unknown name or import path
+                make_reward(cfg.reward)  # fail fast on an unknown name, plugin or import path
             except (ValueError, ImportError) as exc:
                 raise StartupError(f"verifier.reward: {exc}") from None
         self.reward, self.think_tags = cfg.reward, ctx.config.model.think_tags
         self.max_chars = cfg.max_answer_chars
         self.capacity = cfg.workers * 8
-        self.pool = ScoringPool(cfg.workers, cfg.timeout_s, stall_s=cfg.stall_s)
+        preload = [m for m in [reward_module(cfg.reward)] if m]
+        self.pool = ScoringPool(cfg.workers, cfg.timeout_s, stall_s=cfg.stall_s, preload=preload)
         self.consumer = StreamConsumer(
             ctx.redis, ctx.keys, "rollouts", ctx.member_id, ctx.config.redis, decode=decode_rollout
         )

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from common.config.algorithm import AlgorithmConfig
 from common.config.base import _Section
+from common.config.tracking import TensorBoardConfig, TrackingConfig, WandbConfig
 from common.net import redact_url
 
 
@@ -177,12 +178,14 @@ class VerifierConfig(_Section):
     """Verifier id (default: ``ver-<host>-<pid>``)."""
     replicas: int = Field(default=1, ge=1)
     """Verifiers started by ``luffy up``."""
-    reward: str = Field(default="math", pattern=r"^(math|exact|choice|auto|[A-Za-z_][\w.]*:\w+)$")
-    """Reward function: ``math`` (math-verify, LUFFY's rules), ``choice`` (multiple-choice
-    letter), ``exact`` (string match), ``auto`` (``choice`` for ARC/GPQA/MMLU data sources, else
-    ``math``), or an import path ``package.module:function`` taking (response, gold,
-    think_tags) and returning a ``verifier.rewards.Verdict``, run in the scoring workers under
-    the same time limit."""
+    reward: str = Field(default="math", pattern=r"^([A-Za-z_]\w*|[A-Za-z_][\w.]*:\w+)$")
+    """Reward function, by name or import path. Built-in names: ``math`` (math-verify, LUFFY's
+    rules), ``choice`` (multiple-choice letter), ``exact`` (string match), ``auto`` (``choice``
+    for ARC/GPQA/MMLU data sources, else ``math``). Any other name is a plugin installed under
+    the ``luffy.rewards`` entry-point group (e.g. ``json_answer``, shipped); an unknown one
+    refuses to start, listing those installed. Or an import path ``package.module:function``.
+    Each takes (response, gold, think_tags), returns a ``verifier.rewards.Verdict`` and runs in
+    the scoring workers under ``timeout_s``."""
     workers: int = Field(default=2, ge=1)
     """Scoring processes per verifier (math-verify runs in their main thread)."""
     timeout_s: float = Field(default=5.0, gt=0)
@@ -388,6 +391,9 @@ class Config(_Section):
     """Weight synchronisation learner -> generators."""
     services: ServicesConfig = ServicesConfig()
     """REST status/metrics/control servers."""
+    tracking: TrackingConfig = TrackingConfig()
+    """Experiment trackers (W&B, TensorBoard) the learner mirrors metrics.jsonl to; off
+    unless a tracker's sub-section is present."""
 
     def to_toml_dict(self) -> dict[str, Any]:
         """Plain data (secrets masked, a password inside the Redis URL too, None dropped)
@@ -414,6 +420,9 @@ __all__ = [
     "RunConfig",
     "ServicesConfig",
     "SyncConfig",
+    "TensorBoardConfig",
     "TinyModelConfig",
+    "TrackingConfig",
     "VerifierConfig",
+    "WandbConfig",
 ]

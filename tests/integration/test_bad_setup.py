@@ -74,6 +74,15 @@ def case_open_bind_without_token(tmp_path, model):
     return "verifier", model, flags, "services.host '0.0.0.0' is reachable from other machines"
 
 
+def case_unknown_reward(tmp_path, model):
+    flags = ["--verifier.reward", "json_anwser"]
+    expected = (
+        "verifier.reward: unknown reward function 'json_anwser'; built-in: auto, choice, exact, "
+        "math; installed plugins (luffy.rewards): json_answer"
+    )
+    return "verifier", model, flags, expected
+
+
 CASES = [
     case_open_bind_without_token,
     case_model_missing,
@@ -82,6 +91,7 @@ CASES = [
     case_no_usable_rows,
     case_batch_larger_than_data,
     case_gpu_on_cpu,
+    case_unknown_reward,
 ]
 
 

@@ -75,3 +75,53 @@ def test_a_worker_that_dies_mid_job_yields_error_not_a_hang(pool):
     assert verdict.status == "error" and "died" in verdict.detail
     assert pool.stats.crashes == 1
     assert pool.submit("math", "<think></think> \\boxed{3}", "3", True).result(5).status == "ok"
+
+
+def test_reward_plugins_run_by_entry_point_in_the_workers_with_honest_statuses(
+    tmp_path, monkeypatch
+):
+    """Plugins named through the ``luffy.rewards`` entry points: the shipped ``json_answer``
+    and two of a test distribution's. ``spawn`` workers read the path as it is now (a
+    forkserver keeps the one it started with, and this process may have started one already)."""
+    from tests.integration.plugin_rewards import plugin_site
+
+    monkeypatch.syspath_prepend(str(plugin_site(tmp_path)))
+    pool = ScoringPool(workers=1, timeout_s=4.0, start_method="spawn")
+    try:
+        answer = '<think></think> ```json\n{"b": [1, 2], "a": true}\n```'
+        ok = pool.submit("json_answer", answer, '{"a": true, "b": [1, 2.0]}', True).result(30)
+        assert (ok.reward, ok.status) == (1.0, "ok"), ok
+        wrong = pool.submit("json_answer", answer, '{"a": true, "b": [2, 1]}', True).result(30)
+        assert (wrong.reward, wrong.status) == (0.0, "wrong"), wrong
+        odd = pool.submit("not_a_verdict", answer, "{}", True).result(30)
+        assert odd.status == "error" and "returned float, not Verdict" in odd.detail, odd
+        started = time.monotonic()
+        slow = pool.submit("sleepy", answer, "{}", True).result(30)
+        assert slow.status == "timeout" and "exceeded 4s" in slow.detail, slow
+        assert time.monotonic() - started < 4.0 + 2.0
+        assert pool.stats.timeouts == 1 and pool.alive_workers() == 1
+    finally:
+        pool.close()
+
+
+def test_the_configured_plugin_is_imported_once_in_the_forkserver():
+    """A fresh process (its forkserver not started yet, as in a verifier): workers find the
+    plugin's module already imported, so no job pays for the import inside its time limit."""
+    import subprocess
+    import sys
+
+    from tests.integration.helpers import REPO
+
+    script = (
+        "from verifier.pool import ScoringPool\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ScoringPool(1, 5.0, preload=['verifier.plugins.json_answer'])\n"
+        "    probe = 'tests.integration.plugin_rewards:loaded'\n"
+        "    for module in ('verifier.plugins.json_answer', 'verifier.nothing'):\n"
+        "        print(pool.submit(probe, '', module, False).result(30).status)\n"
+        "    pool.close()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.split() == ["ok", "wrong"], out.stderr[-2000:]

@@ -129,3 +129,28 @@ def test_verify_endpoint_and_metrics_of_a_running_verifier(
             assert f"luffy_verifier_{name}" in metrics
     finally:
         stop(proc)
+
+
+def test_a_verifier_scores_with_a_plugin_named_by_its_entry_point(
+    redis_url, run_name, resilient, tmp_path
+):
+    """``verifier.reward = "json_answer"``: found through the installed ``luffy.rewards``
+    entry point, preloaded into the pool's forkserver, scored in the worker processes."""
+    proc = start_verifier(redis_url, run_name, tmp_path, "--verifier.reward", "json_answer")
+    try:
+        members = wait_for(lambda: list_members(resilient, Keys(run_name), "verifier"), 60, "start")
+        base = f"http://127.0.0.1:{members[0]['port']}"
+        wait_for(lambda: httpx.get(f"{base}/readyz").status_code == 200, 30, "ready")
+        gold = '{"city": "Paris", "population_m": 2.1}'
+        expected = {
+            '</think> {"population_m": 2.10, "city": "Paris"}': (1.0, "ok"),
+            '</think> {"city": "Lyon", "population_m": 2.1}': (0.0, "wrong"),
+            "</think> Paris, 2.1 million": (0.0, "unparsable"),
+            '{"city": "Paris", "population_m": 2.1}': (0.0, "no_think_tag"),
+        }
+        for answer, (reward, status) in expected.items():
+            got = httpx.post(f"{base}/v1/verify", json={"answer": answer, "gold": gold}).json()
+            assert (got["reward"], got["status"]) == (reward, status), (answer, got)
+        assert httpx.get(f"{base}/status").json()["reward"] == "json_answer"
+    finally:
+        stop(proc)
