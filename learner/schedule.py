@@ -36,4 +36,10 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str, min_ratio: floa
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-__all__ = ["lr_factor", "planned_steps", "warmup_steps"]
+def schedule_horizon(planned: int, schedule_steps: int | None) -> int:
+    """The step at which the learning-rate schedule ends: ``schedule_steps`` when set (a run
+    stopping early on a longer run's schedule), else the run's planned steps."""
+    return schedule_steps if schedule_steps is not None else planned
+
+
+__all__ = ["lr_factor", "planned_steps", "schedule_horizon", "warmup_steps"]

@@ -36,7 +36,7 @@ from learner.microbatch import (
 )
 from learner.objective import Objective, micro_batch_loss, token_losses
 from learner.policy import build_model
-from learner.schedule import lr_factor, warmup_steps
+from learner.schedule import lr_factor, schedule_horizon, warmup_steps
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,9 @@ class Trainer:
 
     def _lr_factor(self, step: int) -> float:
         lc = self.cfg.learner
-        warmup = warmup_steps(lc.warmup_steps, lc.warmup_ratio, self.total_steps)
-        return lr_factor(step, warmup, self.total_steps, lc.lr_schedule, lc.min_lr_ratio)
+        horizon = schedule_horizon(self.total_steps, lc.schedule_steps)
+        warmup = warmup_steps(lc.warmup_steps, lc.warmup_ratio, horizon)
+        return lr_factor(step, warmup, horizon, lc.lr_schedule, lc.min_lr_ratio)
 
     # ---------------------------------------------------------------- the step
 

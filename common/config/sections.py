@@ -246,6 +246,10 @@ class LearnerConfig(_Section):
     the last planned step (OpenRLHF's ``cosine_with_min_lr``, LUFFY's SFT baseline)."""
     min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
     """Where the cosine schedule ends, as a share of ``lr``."""
+    schedule_steps: int | None = Field(default=None, ge=1)
+    """Steps the learning-rate schedule (warm-up ratio, cosine) spans; default: the planned
+    steps. Set it to run the first part of a longer run's schedule (a short ``luffy up`` or a
+    test following the 1,000-step schedule that was measured)."""
     max_epochs: int | None = Field(default=None, ge=1)
     """Stop after this many passes over the training rows (an SFT run: the rows with a
     trace) if that comes before ``max_steps``; the LR schedule plans for the shorter."""

@@ -43,9 +43,12 @@ def test_the_tiny_run_learns_and_its_diagnostics_stay_in_bounds(redis_url, tmp_p
     windows = [sum(late[i : i + WINDOW]) / WINDOW for i in range(len(late) - WINDOW + 1)]
     assert max(windows) < 0.25, max(windows)
     # learned: held-out reward (avg@4 at T 0.6) >= 0.9; the bench's seeds reach it at steps
-    # 240-280. Not asserted: no evaluation below 0.85 afterwards. Seed 2 of the bench lost one
-    # evaluation (0.33 at step 280, right after its first 0.91) while its sampled training
-    # reward was still ~0.3 and a fifth of its responses briefly ran into the cap
-    # (bench/README.md), which would make this test flaky.
+    # 260-320 (bench/README.md, luffy_vs_grpo.py).
     curve = [(e["step"], e["reward_mean"]) for e in evals]
     assert max(r for _, r in curve) >= 0.9, curve
+    # and stays learned: no collapse after the first 0.9. The floor (0.85) is not
+    # asserted here: in 6 seed-runs of this config the lowest evaluation after 0.9 was 0.84
+    # once, a one-evaluation dip that would make the test flaky; the collapses it guards
+    # against went to 0.09-0.45, and the configs before this one dipped to 0.33 and 0.68.
+    first = next(i for i, (_, r) in enumerate(curve) if r >= 0.9)
+    assert min(r for _, r in curve[first:]) >= 0.7, curve

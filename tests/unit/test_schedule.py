@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from learner.schedule import lr_factor, planned_steps, warmup_steps
+from learner.schedule import lr_factor, planned_steps, schedule_horizon, warmup_steps
 
 
 def test_epochs_cap_the_planned_steps():
@@ -27,3 +27,14 @@ def test_linear_warmup_then_constant_or_cosine():
     assert lr_factor(12, 4, 20, "cosine", 0.1) == pytest.approx(0.55)
     assert lr_factor(20, 4, 20, "cosine", 0.1) == pytest.approx(0.1)
     assert lr_factor(8, 4, 20, "cosine", 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_schedule_steps_make_a_short_run_follow_a_longer_runs_schedule():
+    assert schedule_horizon(360, None) == 360
+    assert schedule_horizon(360, 1000) == 1000
+    # cosine to 0.1 x lr: at step 360 of a 360-step run the floor, of a 1,000-step one not yet
+    # (0.1 + 0.9 * (1 + cos(0.36 pi)) / 2 = 0.742)
+    assert lr_factor(360, 0, schedule_horizon(360, None), "cosine", 0.1) == pytest.approx(0.1)
+    end = lr_factor(360, 0, schedule_horizon(360, 1000), "cosine", 0.1)
+    assert end == pytest.approx(0.1 + 0.45 * (1 + math.cos(0.36 * math.pi)))
+    assert end == pytest.approx(0.742, abs=1e-3)
