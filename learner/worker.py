@@ -25,7 +25,7 @@ from typing import Any
 
 from common.net import advertised_host
 from common.schemas import ScoredRollout, decode_scored
-from common.shell import FatalError, ServiceContext, StartupError
+from common.shell import FatalError, ServiceContext
 from common.shell.preflight import check_gpu_request, check_model_folder
 from common.transport import (
     STREAM_GROUPS,
@@ -43,17 +43,17 @@ from learner.bookkeeping import Bookkeeping
 from learner.broadcast import WeightBroadcaster
 from learner.checkpoint import list_checkpoints
 from learner.checkpointing import Checkpointing
-from learner.collective import Ranks, follow
-from learner.data import DataError, load_examples
+from learner.collective import Ranks
 from learner.evaluation import EvalRounds
 from learner.feeder import Feeder
 from learner.objective import make_objective
-from learner.schedule import planned_steps
 from learner.startup import (
+    eval_rounds,
     generator_versions,
     load_training_data,
     refuse_to_start_over,
     state_lost,
+    total_steps,
 )
 from learner.telemetry import LearnerTelemetry
 from learner.tracking import Trackers, check_trackers, make_trackers
@@ -94,12 +94,7 @@ class LearnerWorker:
         self.examples, self.bad_rows = load_training_data(self.lc, self.objective)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path)
         self.ranks = Ranks(Trainer(cfg, self.objective))
-        rows = len(self.examples)
-        if not self.objective.generates:  # SFT trains the rows with a trace
-            rows = sum(ex.target is not None for ex in self.examples)
-        self.total_steps = planned_steps(
-            self.lc.max_steps, self.lc.max_epochs, rows, self.lc.batch_prompts
-        )
+        self.total_steps = total_steps(self.lc, self.objective, self.examples)
         self.ranks.plan_steps(self.total_steps)
         self.checkpoints = Checkpointing(
             self.ranks,
@@ -135,7 +130,9 @@ class LearnerWorker:
         )
         self.assembler = GroupAssembler(cfg.learner.group_timeout_s)
         self.books = Bookkeeping(self.consumer, cfg.run.run_dir / "ledger")
-        self.evals = self._eval_rounds(ctx)
+        self.evals = eval_rounds(
+            cfg, self.tokenizer, StreamPublisher(ctx.redis, ctx.keys, "prompts")
+        )
         self.telemetry = LearnerTelemetry(
             ctx.metrics,
             cfg.run.run_dir / "metrics.jsonl",
@@ -159,17 +156,6 @@ class LearnerWorker:
             self.bad_rows.count,
             self.ranks.step,
             self.version,
-        )
-
-    def _eval_rounds(self, ctx: ServiceContext) -> EvalRounds | None:
-        if not (self.lc.eval_file and self.lc.eval_every):
-            return None
-        try:
-            examples, _ = load_examples(self.lc.eval_file)
-        except DataError as exc:
-            raise StartupError(f"learner.eval_file: {exc}") from None
-        return EvalRounds(
-            examples, self.tokenizer, self.cfg, StreamPublisher(ctx.redis, ctx.keys, "prompts")
         )
 
     def _restore(self) -> None:
@@ -411,15 +397,4 @@ class LearnerWorker:
         pass
 
 
-def follow_rank_0(cfg: Any) -> int:
-    """Ranks > 0 under torchrun: build the trainer and execute rank 0's calls."""
-    import torch.distributed as dist
-
-    follow(Trainer(cfg, make_objective(cfg.algorithm)))
-    # gloo's threads still running at interpreter exit made a rank abort ("terminate called
-    # without an active exception") now and then
-    dist.destroy_process_group()
-    return 0
-
-
-__all__ = ["LearnerWorker", "follow_rank_0"]
+__all__ = ["LearnerWorker"]

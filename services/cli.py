@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from common.config import Config, ConfigError, LearnerConfig, load_config
+from common.config import Config, ConfigError, load_config
 from common.logs import setup_logging
 from services.process_setup import keep_freed_memory, limit_threads
 
@@ -66,11 +66,12 @@ def load_worker(role: str) -> Any:
 
 def run_role(
     role: str, ctx: typer.Context, config: Path | None, print_config: bool, extra: list[str] = ()
-) -> None:
+) -> int:
+    """Serve ``role`` until it stops; its exit code."""
     cfg = resolve(config, [*ctx.args, *extra])
     if print_config:
         typer.echo(config_toml(cfg), nl=False)
-        return
+        return 0
     limit_threads(getattr(getattr(cfg, role), "threads", 0))
     keep_freed_memory(role == "learner" and cfg.learner.keep_freed_memory)
     worker_cls = load_worker(role)
@@ -80,20 +81,19 @@ def run_role(
     member_id = member_id or default_member_id(role)
     setup_logging(cfg.run.log_level, role, member_id)
     log.info("resolved config:\n%s", json.dumps(cfg.to_toml_dict(), indent=1, sort_keys=True))
-    rc = ServiceRuntime(role, cfg, worker_cls(), member_id).run()
-    raise typer.Exit(rc)
+    return ServiceRuntime(role, cfg, worker_cls(), member_id).run()
 
 
 @app.command(context_settings=OVERRIDES)
 def generator(ctx: typer.Context, config: ConfigOpt = None, print_config: PrintOpt = False) -> None:
     """Run a generator: consume prompts, sample with vLLM, publish rollouts."""
-    run_role("generator", ctx, config, print_config)
+    raise typer.Exit(run_role("generator", ctx, config, print_config))
 
 
 @app.command(context_settings=OVERRIDES)
 def verifier(ctx: typer.Context, config: ConfigOpt = None, print_config: PrintOpt = False) -> None:
     """Run a verifier: score rollouts with math-verify, publish scored rollouts."""
-    run_role("verifier", ctx, config, print_config)
+    raise typer.Exit(run_role("verifier", ctx, config, print_config))
 
 
 @app.command(context_settings=OVERRIDES)
@@ -112,30 +112,17 @@ def learner(
         typer.echo(config_toml(cfg), nl=False)
         return
     if cfg.learner.nproc * cfg.learner.nnodes > 1 and "RANK" not in os.environ:
-        raise typer.Exit(launch_torchrun(cfg.learner, config, [*ctx.args, *extra]))
-    if int(os.environ.get("RANK", "0")) > 0:
-        from learner.worker import follow_rank_0
+        from services.torchrun import launch_torchrun
 
+        raise typer.Exit(launch_torchrun(cfg.learner, config, [*ctx.args, *extra]))
+    from learner.startup import exit_rank, follow_rank_0
+
+    if int(os.environ.get("RANK", "0")) > 0:
         setup_logging(cfg.run.log_level, "learner", f"rank{os.environ['RANK']}")
         limit_threads(cfg.learner.threads)
         keep_freed_memory(cfg.learner.keep_freed_memory)
-        raise typer.Exit(follow_rank_0(cfg))
-    run_role("learner", ctx, config, False, extra)
-
-
-def launch_torchrun(lc: LearnerConfig, config: Path | None, args: list[str]) -> int:
-    """Re-run this command as the learner's ranks on this node: ``nproc`` of them, joined with
-    the other ``nnodes`` - 1 nodes' at ``master_addr:master_port`` (static rendezvous, so
-    global rank = node_rank x nproc + local rank and rank 0, which drives the run, is on node
-    0). A rank or node that dies fails the whole group (collectives time out after
-    ``learner.collective_timeout_s``); the restart resumes from the last checkpoint."""
-    import subprocess
-
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={lc.nproc}"]
-    cmd += [f"--nnodes={lc.nnodes}", f"--node-rank={lc.node_rank}"]
-    cmd += [f"--master-addr={lc.master_addr}", f"--master-port={lc.master_port}"]
-    cmd += ["-m", "services.learner"] + (["--config", str(config)] if config else []) + args
-    return subprocess.call(cmd)
+        exit_rank(follow_rank_0(cfg))
+    exit_rank(run_role("learner", ctx, config, False, extra))
 
 
 @app.command(context_settings=OVERRIDES)

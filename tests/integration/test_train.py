@@ -6,6 +6,7 @@ from a checkpoint reproduces the next step's loss exactly (same CPU ops, same or
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -229,3 +230,34 @@ def test_chunked_logprobs_match_the_full_vocab_computation(tiny_model_dir, monke
     assert torch.allclose(entropy, -(full.exp() * full).sum(-1), atol=1e-4)
     ref.sum().backward()
     assert torch.allclose(chunked_grad, lm.lm_head.weight.grad, atol=1e-5)
+
+
+EXIT_RANK = """
+import logging, sys
+import torch.distributed as dist
+from learner.train import init_distributed
+from learner.startup import exit_rank
+init_distributed("gloo")
+group = dist.new_group(backend="gloo")  # held, as the trainer holds its control group
+logging.basicConfig(stream=sys.stderr)
+logging.getLogger("t").warning("logged before the exit")
+print("printed, no newline", end="")
+exit_rank(3)
+"""
+
+
+def test_a_rank_exits_with_its_code_and_everything_it_wrote():
+    """exit_rank skips the interpreter's teardown (where gloo's objects could abort it), so
+    it must destroy the groups, flush what was printed and logged, and keep the code."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered stdout
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_RANK],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert proc.stdout.endswith("printed, no newline")
+    assert "logged before the exit" in proc.stderr

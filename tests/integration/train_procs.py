@@ -13,12 +13,12 @@ import json
 import random
 
 import torch
-import torch.distributed as dist
 
 from common.config import load_config
 from learner.batch import Sample, TrainBatch
 from learner.collective import Ranks, follow
 from learner.objective import make_objective
+from learner.startup import exit_rank
 from learner.train import Trainer
 
 
@@ -75,8 +75,7 @@ def main() -> None:
     trainer = Trainer(cfg, make_objective(cfg.algorithm))
     if trainer.rank != 0:
         follow(trainer)
-        dist.destroy_process_group()  # a live gloo group at exit can abort the process
-        return
+        exit_rank(0)
     ranks = Ranks(trainer)
     results = {"losses": {}, "skipped": [], "checkpoints": []}
     if a.resume:
@@ -99,7 +98,7 @@ def main() -> None:
     ranks.stop()
     with open(a.out, "w") as fh:
         json.dump(results, fh)
-    dist.destroy_process_group()
+    exit_rank(0)
 
 
 def push_weights_check(ranks: Ranks) -> dict:
