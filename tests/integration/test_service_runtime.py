@@ -94,7 +94,7 @@ def test_a_wedged_work_loop_is_reported_by_the_watchdog(
         (reason,) = wait_for(stalled, 20, "the watchdog to see the stall")
         assert reason.startswith("work loop has not advanced for ")
         assert "(services.watchdog_s = 1.5)" in reason
-        assert httpx.get(f"{base}/status").json()["loop_idle_s"] > 1.5
+        assert httpx.get(f"{base}/status").json()["loop_idle_s"] >= 1.5  # rounded to 0.1 s
         assert httpx.get(f"{base}/healthz").status_code == 200  # alive, just not making progress
         # luffy status reads the reason from the heartbeat record
         record = wait_for(
