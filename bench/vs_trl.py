@@ -1,7 +1,7 @@
 """luffy-async vs TRL's GRPOTrainer: the same tiny model, prompts, group size, max tokens,
 batch and steps, on-policy GRPO in both, one after the other in the same run. Prints JSON.
 
-    .venv/bin/python bench/vs_trl.py [--steps 20] [--trl-python .venv-trl/bin/python]
+    .venv/bin/python bench/vs_trl.py [--steps 20] [--rounds 3] [--also two_generators]
 
 TRL lives in its own venv (created on first use: torch 2.13 CPU, trl, math-verify), never in
 luffy-async's dependencies. What is matched: model and tokenizer (one tiny model folder), the
@@ -65,8 +65,17 @@ def run_trl(python: Path, model: Path, train: Path, steps: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# variants of our stack a round can also run (``--also``), as overrides of the tiny config
+VARIANTS = {
+    "batch": ["--generator.scheduling", "batch"],
+    # two generators on the two cores: pays where the generator's CPU per step is well above
+    # the learner's (this bench's AVX2 VMs), not where they are close (bench/README.md)
+    "two_generators": ["--generator.replicas", "2"],
+}
+
+
 def run_ours(
-    model: Path, task: Path, steps: int, out: Path, url: str, scheduling: str = "continuous"
+    model: Path, task: Path, steps: int, out: Path, url: str, extra: list[str] = ()
 ) -> dict:
     from services.plot import read_metrics
     from services.supervisor import up_args
@@ -99,8 +108,7 @@ def run_ours(
         str(MAX_TOKENS),
         "--learner.lr",
         "1e-3",
-        "--generator.scheduling",
-        scheduling,
+        *extra,
     ]
     with (out / f"{run}.log").open("w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -179,9 +187,11 @@ def main() -> None:
     parser.add_argument("--out", default="runs/bench-vs-trl")
     parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
     parser.add_argument(
-        "--batch-too",
-        action="store_true",
-        help="each round also runs ours with generator.scheduling = batch (reported beside)",
+        "--also",
+        action="append",
+        choices=sorted(VARIANTS),
+        default=[],
+        help="each round also runs this variant of ours (reported beside); repeatable",
     )
     args = parser.parse_args()
     from services.demo.tiny_model import build_tiny_model
@@ -191,14 +201,14 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     python = ensure_trl((REPO / args.trl_python).absolute())
     runs: list[tuple[dict, dict]] = []
-    batch_runs: list[dict] = []
+    variant_runs: dict[str, list[dict]] = {name: [] for name in args.also}
     with tempfile.TemporaryDirectory() as tmp:
         model = build_tiny_model(Path(tmp) / "model", seed=0)
         task = make_task(Path(tmp) / "task", n_train=2000, n_eval=10)
         for _ in range(args.rounds):  # interleaved: this VM's speed drifts within minutes
             ours_run = run_ours(model, task, args.steps, out, args.url)
-            if args.batch_too:
-                batch_runs.append(run_ours(model, task, args.steps, out, args.url, "batch"))
+            for name, results in variant_runs.items():
+                results.append(run_ours(model, task, args.steps, out, args.url, VARIANTS[name]))
             runs.append((ours_run, run_trl(python, model, task / "train.jsonl", args.steps)))
     ours = median_run([o for o, _ in runs])
     trl = median_run([t for _, t in runs])
@@ -228,19 +238,24 @@ def main() -> None:
                 "ours_runs": [round(o["samples_per_s"], 2) for o, _ in runs],
                 "trl_runs": [round(t["samples_per_s"], 2) for _, t in runs],
                 "target": 1.5,
-                **(_batch_summary(batch_runs, trl) if batch_runs else {}),
+                "variants": {
+                    name: _variant_summary(name, runs_of, trl)
+                    for name, runs_of in variant_runs.items()
+                },
             },
             indent=2,
         )
     )
 
 
-def _batch_summary(batch_runs: list[dict], trl: dict) -> dict:
-    batch = median_run(batch_runs)
+def _variant_summary(name: str, results: list[dict], trl: dict) -> dict:
+    """A variant's overrides, median run, every round's samples/s and ratio to TRL's median."""
+    median = median_run(results)
     return {
-        "ours_batch_scheduling": batch,
-        "ours_batch_runs": [round(b["samples_per_s"], 2) for b in batch_runs],
-        "batch_ratio": round(batch["samples_per_s"] / trl["samples_per_s"], 2),
+        "overrides": " ".join(VARIANTS[name]),
+        "median": median,
+        "runs": [round(r["samples_per_s"], 2) for r in results],
+        "ratio": round(median["samples_per_s"] / trl["samples_per_s"], 2),
     }
 
 
