@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,14 +69,14 @@ def run_trl(python: Path, model: Path, train: Path, steps: int) -> dict:
 # variants of our stack a round can also run (``--also``), as overrides of the tiny config
 VARIANTS = {
     "batch": ["--generator.scheduling", "batch"],
-    # two generators on the two cores: pays where the generator's CPU per step is well above
-    # the learner's (this bench's AVX2 VMs), not where they are close (bench/README.md)
+    # two generators, each with half the batch: tried where the generator's CPU per step is
+    # twice the learner's (AVX2 VM, 2026-12-04): 1.09x TRL vs 1.17x with one (bench/README.md)
     "two_generators": ["--generator.replicas", "2"],
 }
 
 
 def run_ours(
-    model: Path, task: Path, steps: int, out: Path, url: str, extra: list[str] = ()
+    model: Path, task: Path, steps: int, out: Path, url: str, extra: Sequence[str] = ()
 ) -> dict:
     from services.plot import read_metrics
     from services.supervisor import up_args
