@@ -8,11 +8,12 @@ avg@k and pass@k (``avg_and_pass``, which ``luffy eval`` uses too).
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ from common.config import Config
 from common.schemas import Sampling, ScoredRollout, Task, encode_task
 from common.transport import Publisher
 from learner.data import Example
-from learner.prompts import prompt_ids
+from learner.prompts import prompt_ids, prompt_text, trace_ids
 
 PREFIX = "eval"
 
@@ -43,6 +44,35 @@ def eval_seed(step: int, index: int) -> int:
     return random.Random(f"eval/{step}/{index}").randrange(1 << 31)
 
 
+@dataclass(frozen=True)
+class Divergence:
+    """Where a wrong sample first left its prompt's reference trace: the response position,
+    the trace's token and the sampled one (decoded), and the probability the sampled token had
+    under the evaluation's sampling (a near-tie flipped by the temperature reads ~0.3-0.5,
+    noise reads ~0)."""
+
+    pos: int
+    expected: str
+    got: str
+    prob: float
+
+
+def first_divergence(
+    completion: Sequence[int], logprobs: Sequence[float], trace: Sequence[int], decode: Callable
+) -> Divergence | None:
+    """The first position where ``completion`` differs from ``trace`` (a completion that stops
+    short of the trace diverges where it ends, ``got`` = "<end>"); None if it follows the trace
+    to its end."""
+    for pos, (got, want) in enumerate(zip(completion, trace, strict=False)):
+        if got != want:
+            return Divergence(
+                pos, decode([int(want)]), decode([int(got)]), math.exp(float(logprobs[pos]))
+            )
+    if len(completion) < len(trace):
+        return Divergence(len(completion), decode([int(trace[len(completion)])]), "<end>", 0.0)
+    return None
+
+
 @dataclass
 class Round:
     step: int
@@ -55,13 +85,30 @@ class Round:
     statuses: Counter = field(default_factory=Counter)
     cut: int = 0  # responses that ran into max_new_tokens
     tokens: int = 0  # response tokens, summed
+    # wrong samples by where they left the reference trace (issue #18: which step of the
+    # procedure a dip breaks, and whether it was a near-tie or noise)
+    divergences: list[Divergence] = field(default_factory=list)
 
-    def add(self, scored: ScoredRollout) -> None:
+    def add(self, scored: ScoredRollout, divergence: Divergence | None = None) -> None:
         task_id = scored.rollout.task_id
         self.rewards.setdefault(task_id, []).append(scored.reward)
         self.statuses[scored.status] += 1
         self.cut += scored.rollout.finish_reason == "length"
         self.tokens += len(scored.rollout.completion_ids)
+        if divergence is not None and scored.reward <= 0:
+            self.divergences.append(divergence)
+
+    def divergence_summary(self) -> dict[str, Any]:
+        """The wrong samples' first departures from the trace: the three commonest
+        (position, trace token, sampled token) with their count, and the mean probability of
+        the departing token."""
+        common = Counter((d.pos, d.expected, d.got) for d in self.divergences).most_common(3)
+        probs = [d.prob for d in self.divergences]
+        return {
+            "wrong_vs_trace": len(self.divergences),
+            "diverge_top": [[pos, want, got, n] for (pos, want, got), n in common],
+            "diverge_prob_mean": round(sum(probs) / len(probs), 4) if probs else None,
+        }
 
     def done(self) -> bool:
         return all(len(self.rewards.get(t, [])) >= n for t, n in self.expected.items())
@@ -88,6 +135,7 @@ class Round:
             "status_counts": dict(sorted(self.statuses.items())),
             "truncated_share": self.cut / max(1, sum(self.statuses.values())),
             "response_len_mean": self.tokens / max(1, sum(self.statuses.values())),
+            **self.divergence_summary(),
         }
 
 
@@ -97,7 +145,17 @@ class EvalRounds:
         self.examples = examples[: lc.eval_prompts]
         self.cfg, self.prompts = cfg, prompts
         self.ids = [prompt_ids(tokenizer, e.prompt, cfg.model.template) for e in self.examples]
+        self.traces = [self._trace(tokenizer, e) for e in self.examples]
+        self.decode = lambda ids: tokenizer.decode(ids)
         self.rounds: dict[int, Round] = {}
+        self.index: dict[str, int] = {}  # task id -> example index, for its trace
+
+    def _trace(self, tokenizer: Any, ex: Example) -> list[int]:
+        """The example's reference trace as the policy learned it (``trace_ids``, uncut)."""
+        if ex.target is None:
+            return []
+        text = prompt_text(tokenizer, ex.prompt, self.cfg.model.template)
+        return trace_ids(tokenizer, ex.target, text, 1 << 30)
 
     @staticmethod
     def is_eval(task_id: str) -> bool:
@@ -125,6 +183,7 @@ class EvalRounds:
             )
             tasks.append((task_id, encode_task(task)))
             expected[task_id] = lc.eval_samples
+            self.index[task_id] = i
         sources = {t: ex.data_source for (t, _), ex in zip(tasks, self.examples, strict=True)}
         self.rounds[step] = Round(step, expected, sources)
         self.prompts.publish(tasks)
@@ -134,7 +193,10 @@ class EvalRounds:
         step = int(task_id[len(PREFIX) :].split(".", 1)[0])
         round_ = self.rounds.get(step)
         if round_ is not None and task_id in round_.expected:
-            round_.add(scored)
+            trace = self.traces[self.index[task_id]]
+            r = scored.rollout
+            div = first_divergence(r.completion_ids, r.logprobs, trace, self.decode)
+            round_.add(scored, div if trace else None)
 
     def finished(self, timeout_s: float) -> list[dict[str, Any]]:
         """Results of rounds that completed or timed out (each reported once)."""
@@ -144,7 +206,9 @@ class EvalRounds:
             if round_.done() or now - round_.started > timeout_s:
                 out.append(round_.result())
                 del self.rounds[step]
+                for task_id in round_.expected:
+                    self.index.pop(task_id, None)
         return out
 
 
-__all__ = ["EvalRounds", "avg_and_pass", "eval_seed"]
+__all__ = ["Divergence", "EvalRounds", "avg_and_pass", "eval_seed", "first_divergence"]

@@ -188,13 +188,18 @@ class LearnerTelemetry:
         self.m_eval_pass.set(result["pass_at_k"])
         self.last_eval = result
         self.write_row(result)
+        top = result.get("diverge_top") or [["-", "", "", 0]]
         log.info(
-            "eval at step %d: reward %.3f pass@%d %.3f (%d prompts)",
+            "eval at step %d: reward %.3f pass@%d %.3f (%d prompts); wrong samples leave the "
+            "trace most at token %s (%r -> %r, %d of %d, mean p %s)",
             result["step"],
             result["reward_mean"],
             samples_per_prompt,
             result["pass_at_k"],
             result["prompts"],
+            *top[0],
+            result.get("wrong_vs_trace", 0),
+            result.get("diverge_prob_mean"),
         )
 
     def queue_depths(self, depths: dict[str, dict[str, int]]) -> None:

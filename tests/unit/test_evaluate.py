@@ -119,3 +119,37 @@ def test_a_held_out_round_says_what_went_wrong():
     assert result["reward_mean"] == 0.25 and result["pass_at_k"] == 0.5 and result["complete"]
     assert result["status_counts"] == {"ok": 1, "unparsable": 1, "wrong": 2}
     assert result["truncated_share"] == 0.25 and result["response_len_mean"] == 20.0
+
+
+def test_a_wrong_sample_says_where_it_left_the_trace():
+    """The first position a wrong sample differs from its trace, with the probability its
+    token had: a near-tie (0.4) tells a fragile step from sampling noise (issue #18)."""
+    import math
+
+    from common.schemas import Rollout, ScoredRollout
+    from learner.evaluation import Round, first_divergence
+
+    def decode(ids):
+        return "".join(chr(ord("a") + i) for i in ids)
+
+    trace = [0, 1, 2, 3, 9]
+    lp = [math.log(0.9), math.log(0.8), math.log(0.4), math.log(0.5)]
+    div = first_divergence([0, 1, 4, 3], lp, trace, decode)
+    assert (div.pos, div.expected, div.got) == (2, "c", "e")
+    assert abs(div.prob - 0.4) < 1e-9
+    short = first_divergence([0, 1], lp[:2], trace, decode)
+    assert (short.pos, short.expected, short.got, short.prob) == (2, "c", "<end>", 0.0)
+    assert first_divergence(trace, [0.0] * 5, trace, decode) is None
+
+    def scored(task, reward, ids):
+        rollout = Rollout(f"{task}/{len(ids)}", task, 0, [1], ids, [-1.0] * len(ids), "t", "1", 0)
+        return ScoredRollout(rollout, reward, "ok" if reward > 0 else "wrong")
+
+    round_ = Round(20, {"a": 3})
+    round_.add(scored("a", 0.0, [0, 1, 4]), first_divergence([0, 1, 4], lp, trace, decode))
+    round_.add(scored("a", 0.0, [0, 1, 5]), first_divergence([0, 1, 5], lp, trace, decode))
+    round_.add(scored("a", 1.0, trace), None)
+    result = round_.result()
+    assert result["wrong_vs_trace"] == 2
+    assert result["diverge_top"] == [[2, "c", "e", 1], [2, "c", "f", 1]]
+    assert result["diverge_prob_mean"] == 0.4
