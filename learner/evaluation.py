@@ -88,6 +88,9 @@ class Round:
     # wrong samples by where they left the reference trace (issue #18: which step of the
     # procedure a dip breaks, and whether it was a near-tie or noise)
     divergences: list[Divergence] = field(default_factory=list)
+    # the policy versions its samples were drawn with: a round spans the pushes that land
+    # while it runs (a dip tied to one version, or to samples spanning a push, shows here)
+    versions: tuple[int, int] | None = None
 
     def add(self, scored: ScoredRollout, divergence: Divergence | None = None) -> None:
         task_id = scored.rollout.task_id
@@ -95,6 +98,11 @@ class Round:
         self.statuses[scored.status] += 1
         self.cut += scored.rollout.finish_reason == "length"
         self.tokens += len(scored.rollout.completion_ids)
+        r = scored.rollout
+        low, high = r.policy_version, r.version_max
+        if self.versions is not None:
+            low, high = min(low, self.versions[0]), max(high, self.versions[1])
+        self.versions = (low, high)
         if divergence is not None and scored.reward <= 0:
             self.divergences.append(divergence)
 
@@ -135,6 +143,8 @@ class Round:
             "status_counts": dict(sorted(self.statuses.items())),
             "truncated_share": self.cut / max(1, sum(self.statuses.values())),
             "response_len_mean": self.tokens / max(1, sum(self.statuses.values())),
+            "version_min": self.versions[0] if self.versions else None,
+            "version_max": self.versions[1] if self.versions else None,
             **self.divergence_summary(),
         }
 

@@ -119,6 +119,11 @@ def test_a_held_out_round_says_what_went_wrong():
     assert result["reward_mean"] == 0.25 and result["pass_at_k"] == 0.5 and result["complete"]
     assert result["status_counts"] == {"ok": 1, "unparsable": 1, "wrong": 2}
     assert result["truncated_share"] == 0.25 and result["response_len_mean"] == 20.0
+    assert (result["version_min"], result["version_max"]) == (0, 0)
+    late = scored("b", 0.0, "wrong", 5)
+    late.rollout.policy_version, late.rollout.version_max = 3, 5
+    round_.add(late)
+    assert (round_.result()["version_min"], round_.result()["version_max"]) == (0, 5)
 
 
 def test_a_wrong_sample_says_where_it_left_the_trace():
