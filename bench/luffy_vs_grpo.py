@@ -54,6 +54,10 @@ def run_mode(mode: str, seed: int, out: Path, limits: list[str], extra: list[str
             "step": e["step"],
             "reward": round(e["reward_mean"], 4),
             "minutes": round((e["time"] - first) / 60, 2),
+            # where its wrong samples left the trace (position, trace token, sampled token,
+            # count) and the mean probability of the departing token at the evaluation's T
+            "diverge_top": e.get("diverge_top", [])[:2],
+            "diverge_prob_mean": e.get("diverge_prob_mean"),
         }
         for e in evals
     ]

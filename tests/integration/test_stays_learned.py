@@ -44,8 +44,13 @@ def test_the_tiny_run_learns_and_its_diagnostics_stay_in_bounds(redis_url, tmp_p
     assert max(windows) < 0.25, max(windows)
     # learned: held-out reward (avg@4 at T 0.6) >= 0.9; the bench's seeds reach it at steps
     # 260-320 (bench/README.md, luffy_vs_grpo.py).
-    curve = [(e["step"], e["reward_mean"]) for e in evals]
-    assert max(r for _, r in curve) >= 0.9, curve
+    curve = [(e["step"], e["reward_mean"], e["diverge_top"][:1]) for e in evals]
+    assert max(r for _, r, _ in curve) >= 0.9, curve
+    # every round says where its wrong samples left the trace: the untrained model's all do,
+    # and a learned round's few (the diagnosis of a dip, bench/README.md)
+    assert evals[0]["wrong_vs_trace"] == evals[0]["samples"], evals[0]
+    assert all(e["wrong_vs_trace"] <= e["samples"] * (1 - e["reward_mean"]) + 1e-9 for e in evals)
+    assert all(e["version_min"] <= e["version_max"] for e in evals)
     # Not asserted: no evaluation below 0.85 (the floor) after the first 0.9. With this
     # config the lowest evaluation after it was 0.84 once in 6 seed-runs of the bench, and a
     # CI run of this test on a 2-core AVX2 VM (2026-12-04) went 0.90, 0.94, then 0.28 at step
