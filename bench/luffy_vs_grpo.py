@@ -178,6 +178,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "seeds": seeds,
         "luffy_steps": args.steps,
+        "overrides": args.extra,  # on top of configs/tiny-cpu.toml, both modes
         "results": results,
         "claims": claims(results.get("luffy", []), results.get("grpo", [])),
         "plot": str(png),
