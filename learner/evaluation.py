@@ -21,7 +21,7 @@ from common.config import Config
 from common.schemas import Sampling, ScoredRollout, Task, encode_task
 from common.transport import Publisher
 from learner.data import Example
-from learner.prompts import prompt_ids, prompt_text, trace_ids
+from learner.prompts import prompt_text, text_ids, trace_ids
 
 PREFIX = "eval"
 
@@ -154,18 +154,17 @@ class EvalRounds:
         lc = cfg.learner
         self.examples = examples[: lc.eval_prompts]
         self.cfg, self.prompts = cfg, prompts
-        self.ids = [prompt_ids(tokenizer, e.prompt, cfg.model.template) for e in self.examples]
-        self.traces = [self._trace(tokenizer, e) for e in self.examples]
-        self.decode = lambda ids: tokenizer.decode(ids)
+        texts = [prompt_text(tokenizer, e.prompt, cfg.model.template) for e in self.examples]
+        self.ids = [text_ids(tokenizer, text) for text in texts]
+        # each prompt's reference trace as the feeder shows it to the policy (cut to
+        # max_prefix_len), to say where a wrong sample left it
+        limit = cfg.algorithm.max_prefix_len
+        self.traces = [
+            trace_ids(tokenizer, e.target, text, limit) if e.target is not None else []
+            for e, text in zip(self.examples, texts, strict=True)
+        ]
+        self.decode = tokenizer.decode
         self.rounds: dict[int, Round] = {}
-        self.index: dict[str, int] = {}  # task id -> example index, for its trace
-
-    def _trace(self, tokenizer: Any, ex: Example) -> list[int]:
-        """The example's reference trace as the policy learned it (``trace_ids``, uncut)."""
-        if ex.target is None:
-            return []
-        text = prompt_text(tokenizer, ex.prompt, self.cfg.model.template)
-        return trace_ids(tokenizer, ex.target, text, 1 << 30)
 
     @staticmethod
     def is_eval(task_id: str) -> bool:
@@ -193,7 +192,6 @@ class EvalRounds:
             )
             tasks.append((task_id, encode_task(task)))
             expected[task_id] = lc.eval_samples
-            self.index[task_id] = i
         sources = {t: ex.data_source for (t, _), ex in zip(tasks, self.examples, strict=True)}
         self.rounds[step] = Round(step, expected, sources)
         self.prompts.publish(tasks)
@@ -203,10 +201,11 @@ class EvalRounds:
         step = int(task_id[len(PREFIX) :].split(".", 1)[0])
         round_ = self.rounds.get(step)
         if round_ is not None and task_id in round_.expected:
-            trace = self.traces[self.index[task_id]]
-            r = scored.rollout
-            div = first_divergence(r.completion_ids, r.logprobs, trace, self.decode)
-            round_.add(scored, div if trace else None)
+            trace = self.traces[int(task_id.rsplit("-", 1)[1])]  # start() names it <...>-<index>
+            r, div = scored.rollout, None
+            if trace and scored.reward <= 0:  # only wrong samples are summarised
+                div = first_divergence(r.completion_ids, r.logprobs, trace, self.decode)
+            round_.add(scored, div)
 
     def finished(self, timeout_s: float) -> list[dict[str, Any]]:
         """Results of rounds that completed or timed out (each reported once)."""
@@ -216,8 +215,6 @@ class EvalRounds:
             if round_.done() or now - round_.started > timeout_s:
                 out.append(round_.result())
                 del self.rounds[step]
-                for task_id in round_.expected:
-                    self.index.pop(task_id, None)
         return out
 
 
