@@ -3,9 +3,12 @@
 "Which number is last in: 4 9 2 7?" with a worked trace in the think-tag format,
 "<think> The numbers are 4 9 2 7. The last one is 7. </think> \\boxed{7}", and the gold
 answer "7". Held-out problems are fresh lists, so scoring well needs the procedure (find the
-list, copy its last element), not memorised facts; no constant answer scores above ~10%. An
-untrained tiny model never produces a correct, well-formed answer, so on-policy GRPO gets no
-reward signal at all; LUFFY learns the procedure from the traces.
+list, copy its last element), not memorised facts; a constant answer scores the share of
+held-out answers that are that digit (~10%; 13 of the first 64, which the tiny config
+evaluates, end in 0). An untrained tiny model almost never produces a correct, well-formed
+answer, so on-policy GRPO gets next to no reward signal (0.02-0.07% of its samples right in
+its first 300 steps), from which it learns, after ~500 steps, to answer one constant digit
+(bench/README.md); LUFFY learns the procedure from the traces.
 
 (With several ordinals, first/second/third/last, RL on the tiny model finds the shortcut
 "always answer one fixed position", worth 25-30%, and stalls there: measured, not guessed.)

@@ -51,9 +51,10 @@ def test_the_tiny_run_learns_and_its_diagnostics_stay_in_bounds(redis_url, tmp_p
     assert evals[0]["wrong_vs_trace"] == evals[0]["samples"], evals[0]
     assert all(e["wrong_vs_trace"] <= e["samples"] * (1 - e["reward_mean"]) + 1e-9 for e in evals)
     assert all(e["version_min"] <= e["version_max"] for e in evals)
-    # Not asserted: no evaluation below 0.85 (the issue's floor) after the first 0.9. With this
-    # config the lowest evaluation after it was 0.84 once in 6 seed-runs of the bench, and a
-    # CI run of this test on a 2-core AVX2 VM (2026-12-04) went 0.90, 0.94, then 0.28 at step
-    # 260 and 0.93 at 280, with no truncation, mismatch or IS-capping signal in its rows: a
-    # one-evaluation dip the diagnostics do not explain yet (issue #18 stays open), which
-    # would make the assertion flaky.
+    # stays learned: from the first evaluation >= 0.9 on, none below 0.85 (the issue's floor).
+    # With policy-shaping gamma 0.1 a single update could flip one step of the procedure on
+    # many prompts at once (0.80-0.84 in 3 of 14 seed-runs, 0.28 once in this test in CI);
+    # with the config's 0.3 the lowest after the first 0.9 was 0.91 in every bench seed-run
+    # (bench/README.md, "What the dips after the first 0.9 are").
+    first = next(i for i, (_, r, _) in enumerate(curve) if r >= 0.9)
+    assert min(r for _, r, _ in curve[first:]) >= 0.85, curve[first:]
