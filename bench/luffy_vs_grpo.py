@@ -76,7 +76,7 @@ def run_mode(mode: str, seed: int, out: Path, limits: list[str], extra: list[str
 
 def stays_learned(curve: list[dict]) -> dict:
     """When the held-out reward first reaches REACH, and the lowest evaluation after that."""
-    first = next((i for i, e in enumerate(curve) if e["reward"] >= REACH), None)
+    first = _first_reach(curve)
     if first is None:
         return {"minutes_to_0.9": None, "min_after_0.9": None, "best": _best(curve)}
     return {
@@ -84,6 +84,11 @@ def stays_learned(curve: list[dict]) -> dict:
         "min_after_0.9": min(e["reward"] for e in curve[first:]),
         "best": _best(curve),
     }
+
+
+def _first_reach(curve: list[dict]) -> int | None:
+    """Index of the first evaluation >= REACH (None if none)."""
+    return next((i for i, e in enumerate(curve) if e["reward"] >= REACH), None)
 
 
 def _best(curve: list[dict]) -> float | None:
@@ -103,9 +108,9 @@ def grpo_while_luffy_learned(luffy: list[dict], grpo: list[dict]) -> list[dict]:
     if not (luffy and grpo):  # a probe of one mode compares nothing
         return rows
     for lu, gr in zip(luffy, grpo, strict=True):
-        first = next((e for e in lu["held_out"] if e["reward"] >= REACH), None)
-        if first is None:
+        if (i := _first_reach(lu["held_out"])) is None:
             continue
+        first = lu["held_out"][i]
         by_time = [e["reward"] for e in gr["held_out"] if e["minutes"] <= first["minutes"]]
         by_step = [e["reward"] for e in gr["held_out"] if e["step"] <= first["step"]]
         rows.append({

@@ -57,6 +57,18 @@ class Divergence:
     prob: float
 
 
+def eval_task_id(step: int, nonce: str, index: int) -> str:
+    """The id of held-out prompt ``index`` in the round of ``step`` (``parse_eval_task_id``
+    reads it back)."""
+    return f"{PREFIX}{step}.{nonce}-{index}"
+
+
+def parse_eval_task_id(task_id: str) -> tuple[int, int]:
+    """(step, prompt index) of an ``eval_task_id``."""
+    step, rest = task_id[len(PREFIX) :].split(".", 1)
+    return int(step), int(rest.rsplit("-", 1)[1])
+
+
 def first_divergence(
     completion: Sequence[int], logprobs: Sequence[float], trace: Sequence[int], decode: Callable
 ) -> Divergence | None:
@@ -175,7 +187,7 @@ class EvalRounds:
         tasks, expected = [], {}
         nonce = uuid.uuid4().hex[:6]  # a re-run round (after a restart) must not look done
         for i, (ex, ids) in enumerate(zip(self.examples, self.ids, strict=True)):
-            task_id = f"{PREFIX}{step}.{nonce}-{i}"
+            task_id = eval_task_id(step, nonce, i)
             sampling = Sampling(
                 lc.eval_temperature, 1.0, gen.max_new_tokens, seed=eval_seed(step, i)
             )
@@ -198,10 +210,10 @@ class EvalRounds:
 
     def add(self, scored: ScoredRollout) -> None:
         task_id = scored.rollout.task_id
-        step = int(task_id[len(PREFIX) :].split(".", 1)[0])
+        step, index = parse_eval_task_id(task_id)
         round_ = self.rounds.get(step)
         if round_ is not None and task_id in round_.expected:
-            trace = self.traces[int(task_id.rsplit("-", 1)[1])]  # start() names it <...>-<index>
+            trace = self.traces[index]
             r, div = scored.rollout, None
             if trace and scored.reward <= 0:  # only wrong samples are summarised
                 div = first_divergence(r.completion_ids, r.logprobs, trace, self.decode)
