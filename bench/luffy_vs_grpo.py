@@ -4,6 +4,7 @@ curves included) and one PNG with each mode's mean and min/max band over the see
 (<out>/luffy_vs_grpo.png).
 
     .venv/bin/python bench/luffy_vs_grpo.py [--seeds 0,1,2] [--steps 1000] [--out DIR]
+                                            [--task pick|pick2]
 
 Each LUFFY run is ``luffy up --config configs/tiny-cpu.toml`` for ``--steps`` steps on a fresh
 tiny model of that seed; the GRPO run of the seed (8 on-policy samples, PPO clip 0.2 against
@@ -31,7 +32,23 @@ GRPO = ["--algorithm.n_on", "8", "--algorithm.advantage", "grpo", "--algorithm.d
         "false", "--algorithm.clip", "true"]  # fmt: skip
 
 
-def run_mode(mode: str, seed: int, out: Path, limits: list[str], extra: list[str]) -> dict:
+def task_args(task: str) -> list[str]:
+    """The synthetic task kind; other kinds than the config's get their own data folder."""
+    if task == "pick":
+        return []
+    folder = f"runs/tiny-task-{task}"
+    return ["--learner.task_kind", task, "--learner.train_file", f"{folder}/train.jsonl",
+            "--learner.eval_file", f"{folder}/eval.jsonl"]  # fmt: skip
+
+
+def model_name(task: str, seed: int) -> str:
+    """The fresh tiny model's folder: its tokenizer is trained on the task's text."""
+    return f"tiny-model-s{seed}" if task == "pick" else f"tiny-model-{task}-s{seed}"
+
+
+def run_mode(
+    mode: str, seed: int, out: Path, limits: list[str], extra: list[str], task: str = "pick"
+) -> dict:
     from services.plot import read_metrics
     from services.supervisor import up_args
 
@@ -40,7 +57,8 @@ def run_mode(mode: str, seed: int, out: Path, limits: list[str], extra: list[str
         sys.executable,
         *up_args("configs/tiny-cpu.toml", name, out),
         "--algorithm.mode", mode, "--run.seed", str(seed),
-        "--model.path", str(out / f"tiny-model-s{seed}"),
+        "--model.path", str(out / model_name(task, seed)),
+        *task_args(task),
         "--learner.checkpoint_every", "0",
         *limits, *extra,
     ]  # fmt: skip
@@ -181,6 +199,10 @@ def main() -> None:
     parser.add_argument(
         "--modes", default="luffy,grpo", help="luffy, grpo or both (probes of a setting: luffy)"
     )
+    parser.add_argument(
+        "--task", default="pick", choices=["pick", "pick2"],
+        help="synthetic task kind (pick2: two-digit numbers, a constant answer worth 1/81)",
+    )  # fmt: skip
     parser.add_argument("extra", nargs="*", help="more overrides for both modes (--section.key=v)")
     args = parser.parse_args()
     out = (REPO / args.out).resolve()
@@ -192,22 +214,24 @@ def main() -> None:
         luffy_minutes = WITHIN_MIN
         if "luffy" in modes:
             limits = ["--learner.max_steps", str(args.steps)]
-            results["luffy"].append(run_mode("luffy", seed, out, limits, args.extra))
+            results["luffy"].append(run_mode("luffy", seed, out, limits, args.extra, args.task))
             luffy_minutes = max(0.5, results["luffy"][-1]["train_minutes"])
         if "grpo" in modes:
             minutes = args.grpo_minutes or luffy_minutes  # 0: LUFFY's time
             limits = ["--learner.max_steps", "100000", "--learner.max_minutes", str(minutes)]
-            results["grpo"].append(run_mode("grpo", seed, out, limits, [*GRPO, *args.extra]))
+            grpo_extra = [*GRPO, *args.extra]
+            results["grpo"].append(run_mode("grpo", seed, out, limits, grpo_extra, args.task))
     png = plot_bands(
         results,
         out / "luffy_vs_grpo.png",
-        f"LUFFY vs GRPO on the synthetic task, seeds {args.seeds}, {args.steps} LUFFY steps",
+        f"LUFFY vs GRPO on the {args.task} task, seeds {args.seeds}, {args.steps} LUFFY steps",
     )
     report = {
         "bench": "luffy_vs_grpo",
         "machine": describe(),
         "date": time.strftime("%Y-%m-%d"),
         "seeds": seeds,
+        "task": args.task,
         "luffy_steps": args.steps,
         "overrides": args.extra,  # on top of configs/tiny-cpu.toml, both modes
         "results": results,

@@ -369,7 +369,8 @@ def init_tiny_model(
     cfg = resolve(config, list(ctx.args))
     from services.demo.tiny_model import build_tiny_model
 
-    path = build_tiny_model(out_dir, cfg.model.tiny, cfg.run.seed if seed is None else seed)
+    seed = cfg.run.seed if seed is None else seed
+    path = build_tiny_model(out_dir, cfg.model.tiny, seed, task_kind=cfg.learner.task_kind)
     typer.echo(f"tiny model written to {path}")
 
 

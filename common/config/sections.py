@@ -305,10 +305,12 @@ class LearnerConfig(_Section):
     """Checkpoints kept (older ones are deleted)."""
     make_task_if_missing: bool = False
     """``luffy up``: write the synthetic task into the folder of ``train_file`` if it is missing."""
-    task_kind: Literal["pick", "add"] = "pick"
-    """The synthetic task ``make_task_if_missing`` writes: ``pick`` (the last of four digits,
-    sized for the tiny model) or ``add`` (two-digit addition with a digit-by-digit worked
-    trace, for a real pretrained model such as SmolLM2)."""
+    task_kind: Literal["pick", "pick2", "add"] = "pick"
+    """The synthetic task ``make_task_if_missing`` writes (and the tiny model's tokenizer is
+    trained on): ``pick`` (the last of four digits, sized for the tiny model), ``pick2`` (the
+    last of four two-digit numbers with balanced held-out answers, so a constant answer is worth
+    1/81) or ``add`` (two-digit addition with a digit-by-digit worked trace, for a real
+    pretrained model such as SmolLM2)."""
     resume: bool = False
     """Continue from the newest complete checkpoint in ``<run_dir>/checkpoints``."""
     export_hf: bool = True

@@ -25,7 +25,7 @@ def ensure_model(cfg: Config) -> None:
     from services.demo.tiny_model import build_tiny_model
 
     log.info("no model at %s: building the tiny model (seed %d)", cfg.model.path, cfg.run.seed)
-    build_tiny_model(cfg.model.path, cfg.model.tiny, cfg.run.seed)
+    build_tiny_model(cfg.model.path, cfg.model.tiny, cfg.run.seed, task_kind=cfg.learner.task_kind)
 
 
 def ensure_task(cfg: Config) -> None:

@@ -80,8 +80,11 @@ def build_tiny_model(
     shape: TinyModelConfig | None = None,
     seed: int = 0,
     corpus: Sequence[str] | None = None,
+    task_kind: str = "pick",
 ) -> Path:
-    """Write a tiny Qwen2 model + tokenizer to ``out_dir``; returns the folder."""
+    """Write a tiny Qwen2 model + tokenizer to ``out_dir``; returns the folder. The tokenizer
+    is trained on ``corpus`` or, by default, the synthetic corpus plus the ``task_kind`` task's
+    text."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -96,7 +99,7 @@ def build_tiny_model(
     if corpus is None:
         from services.demo.tiny_task import corpus as task_corpus
 
-        corpus = synthetic_corpus(seed=seed) + task_corpus(seed=seed)
+        corpus = synthetic_corpus(seed=seed) + task_corpus(seed=seed, kind=task_kind)
     tokenizer = train_tokenizer(corpus, shape.vocab_size)
     eos, pad = tokenizer.convert_tokens_to_ids(["<|im_end|>", "<|endoftext|>"])
     config = Qwen2Config(

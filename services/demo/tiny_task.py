@@ -12,6 +12,16 @@ its first 300 steps), from which it learns, after ~500 steps, to answer one cons
 
 (With several ordinals, first/second/third/last, RL on the tiny model finds the shortcut
 "always answer one fixed position", worth 25-30%, and stalls there: measured, not guessed.)
+
+``pick2`` (``make_two_digit_problem``): the same question on two-digit numbers, each digit 1-9
+(81 possible answers), "Which number is last in: 47 92 13 58?" -> "58". Its held-out answers
+cycle through all 81, so a constant answer is worth at most 1 of every 81 prompts (1 of the
+first 64): the variant on which GRPO's constant guess cannot pass 0.05. The tokenizer splits
+numbers into single digits, so copying a number is copying two tokens; LUFFY learns it later
+than ``pick`` (bench/README.md). With 0 allowed as a digit the tiny model copied a trailing 0
+wrong on almost every prompt and LUFFY levelled off at 0.85-0.89, hence 1-9.
+
+``add``: two-digit addition (``make_addition_problem``), for a real pretrained model.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ from pathlib import Path
 
 ORDINALS = {"last": 3}
 LIST_LEN = 4
+# every two-digit number without a 0 digit, in a fixed order: pick2's answer classes
+PICK2_ANSWERS = [10 * tens + ones for tens in range(1, 10) for ones in range(1, 10)]
 
 
 def make_problem(rng: random.Random) -> dict[str, str]:
@@ -35,6 +47,25 @@ def make_problem(rng: random.Random) -> dict[str, str]:
         "target": f"<think> The numbers are {listed}. The {word} one is {answer}. </think> "
         f"\\boxed{{{answer}}}",
         "data_source": "pick",
+    }
+
+
+def make_two_digit_problem(rng: random.Random, last: int | None = None) -> dict[str, str]:
+    """One ``pick2`` problem: ``LIST_LEN`` numbers from ``PICK2_ANSWERS``; ``last`` fixes the
+    answer (the held-out set's balance), else it is drawn like the others."""
+    numbers = [rng.choice(PICK2_ANSWERS) for _ in range(LIST_LEN)]
+    if last is not None:
+        if last not in PICK2_ANSWERS:
+            raise ValueError(f"last={last} is not a pick2 answer (two digits, each 1-9)")
+        numbers[-1] = last
+    answer = numbers[-1]
+    listed = " ".join(map(str, numbers))
+    return {
+        "prompt": f"Which number is last in: {listed}?",
+        "answer": str(answer),
+        "target": f"<think> The numbers are {listed}. The last one is {answer}. </think> "
+        f"\\boxed{{{answer}}}",
+        "data_source": "pick2",
     }
 
 
@@ -55,44 +86,59 @@ def make_addition_problem(rng: random.Random) -> dict[str, str]:
     }
 
 
-PROBLEMS = {"pick": make_problem, "add": make_addition_problem}
+PROBLEMS = {"pick": make_problem, "pick2": make_two_digit_problem, "add": make_addition_problem}
 
 
 def make_task(
     out_dir: str | Path, n_train: int = 4000, n_eval: int = 200, seed: int = 0, kind: str = "pick"
 ) -> Path:
     """Write ``train.jsonl`` and ``eval.jsonl`` (disjoint prompts) of the ``kind`` task
-    (``PROBLEMS``) into ``out_dir``."""
+    (``PROBLEMS``) into ``out_dir``. A ``pick2`` held-out set's answers cycle through
+    ``PICK2_ANSWERS`` in a seeded order: every answer as often as any other, give or take one."""
+    if kind not in PROBLEMS:
+        raise ValueError(f"unknown task kind {kind!r}; known: {sorted(PROBLEMS)}")
     problem = PROBLEMS[kind]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
+    balance = rng.sample(PICK2_ANSWERS, len(PICK2_ANSWERS)) if kind == "pick2" else None
     seen: set[str] = set()
     splits: dict[str, list[dict]] = {"eval": [], "train": []}
     for split, count in (("eval", n_eval), ("train", n_train)):
-        while len(splits[split]) < count:
-            row = problem(rng)
-            if split == "eval" and row["prompt"] in seen:
-                continue
-            if split == "train" and row["prompt"] in seen:
-                continue  # held-out prompts never appear in training
+        rows = splits[split]
+        while len(rows) < count:
+            if split == "eval" and balance is not None:
+                row = make_two_digit_problem(rng, last=balance[len(rows) % len(balance)])
+            else:
+                row = problem(rng)
+            if row["prompt"] in seen:
+                continue  # held-out prompts never appear in training, nor twice
             seen.add(row["prompt"])
-            splits[split].append({"id": f"{split}-{len(splits[split])}", **row})
+            rows.append({"id": f"{split}-{len(rows)}", **row})
     for split, rows in splits.items():
         with (out / f"{split}.jsonl").open("w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in rows)
     return out
 
 
-def corpus(n: int = 2000, seed: int = 0) -> list[str]:
-    """Text to train the tiny tokenizer on: the task's prompts and traces, chat-formatted."""
+def corpus(n: int = 2000, seed: int = 0, kind: str = "pick") -> list[str]:
+    """Text to train the tiny tokenizer on: the ``kind`` task's prompts and traces,
+    chat-formatted."""
+    problem = PROBLEMS[kind]
     rng = random.Random(seed)
     lines = []
     for _ in range(n):
-        row = make_problem(rng)
+        row = problem(rng)
         lines.append(f"<|im_start|>user\n{row['prompt']}<|im_end|>\n<|im_start|>assistant\n")
         lines.append(row["target"])
     return lines
 
 
-__all__ = ["corpus", "make_problem", "make_task"]
+__all__ = [
+    "PROBLEMS",
+    "corpus",
+    "make_addition_problem",
+    "make_problem",
+    "make_task",
+    "make_two_digit_problem",
+]
