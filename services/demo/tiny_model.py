@@ -5,6 +5,12 @@ chat special tokens and a chat template, initialises a Qwen2 model from ``seed``
 as a normal HF folder (config.json, model.safetensors, tokenizer.json, ...) that transformers
 and vLLM load. The same seed, shape and corpus give byte-identical files.
 
+transformers (5.x) loads the folder as ``Qwen2Tokenizer`` (from config.json's model type), whose
+pre-tokenizer splits numbers into single digits (Qwen2's rule) whatever tokenizer.json's
+byte-level rule says: "59" is ' ', '5', '9' for the learner and vLLM alike, while the
+``tokenizers`` library reading tokenizer.json alone gives the merged ' 59'. Every part of the
+stack loads through transformers, so they agree; the merges learned for numbers go unused.
+
 torch and transformers are imported inside the functions (the CLI imports this module).
 """
 
