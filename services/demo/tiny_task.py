@@ -36,18 +36,23 @@ LIST_LEN = 4
 PICK2_ANSWERS = [10 * tens + ones for tens in range(1, 10) for ones in range(1, 10)]
 
 
-def make_problem(rng: random.Random) -> dict[str, str]:
-    digits = [rng.randint(0, 9) for _ in range(LIST_LEN)]
-    word = rng.choice(list(ORDINALS))
-    answer = digits[ORDINALS[word]]
-    listed = " ".join(map(str, digits))
+def pick_row(numbers: list[int], word: str, source: str) -> dict[str, str]:
+    """The question "Which number is <word> in: <numbers>?" with its gold answer and worked
+    trace, for both pick kinds."""
+    answer = numbers[ORDINALS[word]]
+    listed = " ".join(map(str, numbers))
     return {
         "prompt": f"Which number is {word} in: {listed}?",
         "answer": str(answer),
         "target": f"<think> The numbers are {listed}. The {word} one is {answer}. </think> "
         f"\\boxed{{{answer}}}",
-        "data_source": "pick",
+        "data_source": source,
     }
+
+
+def make_problem(rng: random.Random) -> dict[str, str]:
+    digits = [rng.randint(0, 9) for _ in range(LIST_LEN)]
+    return pick_row(digits, rng.choice(list(ORDINALS)), "pick")
 
 
 def make_two_digit_problem(rng: random.Random, last: int | None = None) -> dict[str, str]:
@@ -58,15 +63,7 @@ def make_two_digit_problem(rng: random.Random, last: int | None = None) -> dict[
         if last not in PICK2_ANSWERS:
             raise ValueError(f"last={last} is not a pick2 answer (two digits, each 1-9)")
         numbers[-1] = last
-    answer = numbers[-1]
-    listed = " ".join(map(str, numbers))
-    return {
-        "prompt": f"Which number is last in: {listed}?",
-        "answer": str(answer),
-        "target": f"<think> The numbers are {listed}. The last one is {answer}. </think> "
-        f"\\boxed{{{answer}}}",
-        "data_source": "pick2",
-    }
+    return pick_row(numbers, "last", "pick2")
 
 
 def make_addition_problem(rng: random.Random) -> dict[str, str]:
