@@ -144,7 +144,11 @@ def init(ctx: typer.Context, config: ConfigOpt = None) -> None:
     setup_logging(cfg.run.log_level, "init")
     from services.demo import prepare_inputs
 
-    prepare_inputs(cfg)
+    try:
+        prepare_inputs(cfg)
+    except ValueError as exc:  # e.g. a task folder of another kind: say so, no traceback
+        typer.echo(f"init: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command(context_settings=OVERRIDES)

@@ -193,8 +193,10 @@ def run_up(cfg: Config, config_path: str | None = None, overrides: list[str] = (
             server.stop()
         return 2
     log.info("preparing the model and data (luffy init)")
-    if run_init(config_file, supervisor.env, run_dir / "logs" / "init.log") != 0:
-        log.error("luffy init failed; see %s", run_dir / "logs" / "init.log")
+    init_log = run_dir / "logs" / "init.log"
+    if run_init(config_file, supervisor.env, init_log) != 0:
+        last = init_log.read_text().strip().splitlines()[-1:] if init_log.is_file() else []
+        log.error("luffy init failed: %s (see %s)", "".join(last) or "no output", init_log)
         if server:
             server.stop()
         return 2

@@ -5,7 +5,9 @@ transformers and tokenizers, so they live here, above the role packages, not in 
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 from common.config import Config
 
@@ -29,14 +31,35 @@ def ensure_model(cfg: Config) -> None:
 
 
 def ensure_task(cfg: Config) -> None:
-    """Write the synthetic task next to ``learner.train_file`` if asked to and missing."""
+    """Write the synthetic task next to ``learner.train_file`` if asked to and missing; refuse
+    a synthetic task of another kind already there (its rows name their kind)."""
     train = cfg.learner.train_file
-    if train is None or train.exists() or not cfg.learner.make_task_if_missing:
+    if train is None or not cfg.learner.make_task_if_missing:
         return
-    from services.demo.tiny_task import make_task
+    from services.demo.tiny_task import PROBLEMS, make_task
 
+    if train.exists():
+        found = _first_data_source(train)
+        if found in PROBLEMS and found != cfg.learner.task_kind:
+            raise ValueError(
+                f"{train} holds the synthetic {found!r} task but learner.task_kind is "
+                f"{cfg.learner.task_kind!r}: point learner.train_file/eval_file at another "
+                f"folder or set learner.task_kind = {found!r}"
+            )
+        return
     log.info("no data at %s: writing the synthetic %r task", train, cfg.learner.task_kind)
     make_task(train.parent, seed=cfg.run.seed, kind=cfg.learner.task_kind)
+
+
+def _first_data_source(path: Path) -> str | None:
+    """The ``data_source`` of a jsonl file's first row (None if it has none)."""
+    with path.open() as fh:
+        line = fh.readline()
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return row.get("data_source") if isinstance(row, dict) else None
 
 
 def prepare_inputs(cfg: Config) -> None:

@@ -71,3 +71,16 @@ def test_keep_freed_memory_keeps_a_freed_16_mib_block_for_reuse():
 
     assert kept_mib("off") < 16  # glibc's default: a 16 MiB block is mmapped, unmapped on free
     assert kept_mib("on") >= 16
+
+
+def test_init_refuses_a_task_folder_of_another_kind_in_one_line(tmp_path):
+    train = tmp_path / "train.jsonl"
+    train.write_text(
+        '{"id": "train-0", "prompt": "Which number is last in: 1 2?", "data_source": "pick"}\n'
+    )
+    args = ["init", "--model.build_if_missing", "no", "--learner.make_task_if_missing", "true",
+            "--learner.train_file", str(train), "--learner.task_kind", "pick2"]  # fmt: skip
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "holds the synthetic 'pick' task but learner.task_kind is 'pick2'" in result.output
+    assert "Traceback" not in result.output

@@ -1,7 +1,8 @@
 """The synthetic tasks (``services.demo.tiny_task``): every worked trace earns reward 1 under
 the math rule, the addition trace's steps are the right arithmetic, held-out prompts never
 appear in training, pick2's held-out answers are balanced (a constant answer is worth
-1 in 81), and ``luffy up`` writes the configured kind."""
+1 in 81), and ``luffy up`` writes the configured kind
+and refuses a folder holding another."""
 
 import json
 import random
@@ -77,3 +78,11 @@ def test_luffy_up_writes_the_configured_kind(tmp_path):
     overrides = ["--learner.train_file", str(train), "--learner.make_task_if_missing", "true"]
     ensure_task(load_config(overrides=[*overrides, "--learner.task_kind", "add"], environ={}))
     assert json.loads(train.open().readline())["data_source"] == "add"
+    # the same folder for another kind is refused, naming both kinds; the files stay as they are
+    before = train.read_bytes()
+    with pytest.raises(
+        ValueError, match=r"holds the synthetic 'add' task but learner\.task_kind is 'pick2'"
+    ):
+        ensure_task(load_config(overrides=[*overrides, "--learner.task_kind", "pick2"], environ={}))
+    assert train.read_bytes() == before
+    ensure_task(load_config(overrides=[*overrides, "--learner.task_kind", "add"], environ={}))
