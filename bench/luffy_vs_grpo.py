@@ -46,7 +46,7 @@ def model_name(task: str, seed: int) -> str:
 
 
 def run_mode(
-    mode: str, seed: int, out: Path, limits: list[str], extra: list[str], task: str = "pick2"
+    mode: str, seed: int, out: Path, limits: list[str], extra: list[str], task: str
 ) -> dict:
     from services.plot import read_metrics
     from services.supervisor import up_args
