@@ -61,7 +61,7 @@ def test_the_tiny_run_learns_and_its_diagnostics_stay_in_bounds(redis_url, tmp_p
     # the issue's floor of 0.85 and none below 0.5. The collapse stayed down (0.77, 0.09, ...;
     # 0.0-0.8 for 100+ steps), as did gamma 0.1's worst dip (0.28 in this test in CI). What is
     # left on pick2 with the config's gamma 0.4 are one-evaluation flips of one shared step
-    # (0.75 at step 500 on seed 3, back to 0.98 twenty steps later; 0.84 on seed 8; 2 of 9
+    # (0.75 at step 500 on seed 3, back to 0.98 twenty steps later; 0.84 on seed 8; 2 of 13
     # seed-runs), which the bench's strict floor counts and this test tolerates so that it
     # fails on a regression, not on that (bench/README.md, luffy_vs_grpo.py).
     after = [r for _, r, _ in curve[next(i for i, (_, r, _) in enumerate(curve) if r >= 0.9) :]]
